@@ -1,0 +1,291 @@
+//! The configuration file: one TOML document with the daemon's sections (`[milter]`, `[keys]`,
+//! `[log]`, `[vault]`, `[callbacks]`) and KumoMTA's `dkim_sign` signing table (`[base]`,
+//! `[domain."…"]`, `[signature."…"]`).
+//!
+//! Loading parses into validated types: after [`Config::load`] succeeds, every duration, network,
+//! template, header list and cross reference is known to be good. Every error names the file, the
+//! line and the column.
+
+mod error;
+mod signing;
+mod template;
+mod values;
+
+pub use error::ConfigError;
+pub use signing::{
+    DEFAULT_HEADERS, DomainMatch, SignatureLabel, SignerTemplate, SigningDomain, SigningTable,
+    normalize_domain,
+};
+pub use template::Template;
+pub use values::{
+    Algo, Canon, ListenAddr, OnError, SignaturePolicy, SocketMode, validate_http_url,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/signet-milter/signet-milter.toml";
+pub const DEFAULT_KEY_DIRECTORY: &str = "/etc/signet-milter/keys";
+pub const DEFAULT_SOCKET: &str = "unix:/run/signet-milter/signet-milter.sock";
+
+/// A loaded, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was loaded from, for messages.
+    pub path: PathBuf,
+    pub milter: MilterSettings,
+    pub keys: KeySettings,
+    pub log: LogSettings,
+    pub vault: VaultSettings,
+    pub callbacks: BTreeMap<String, CallbackSettings>,
+    pub signing: SigningTable,
+}
+
+/// `[milter]`: how the MTA reaches us and whose mail may be signed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilterSettings {
+    #[serde(default = "default_listen")]
+    pub listen: ListenAddr,
+    /// Permissions of the unix socket; the MTA's user must be able to write to it.
+    #[serde(default)]
+    pub socket_mode: SocketMode,
+    /// Group of the unix socket (e.g. `postfix`), so that the MTA can connect without being root.
+    pub socket_group: Option<String>,
+    /// Clients whose mail is signed (an open signer is a forgery service: keep this tight).
+    #[serde(default = "default_trusted_networks")]
+    pub trusted_networks: Vec<IpNet>,
+    /// Sign mail of SMTP-authenticated senders (`{auth_authen}` / `{auth_type}` set by the MTA).
+    #[serde(default = "yes")]
+    pub sign_authenticated: bool,
+    /// `{daemon_name}` values whose mail is signed, e.g. Postfix's `ORIGINATING` submission service.
+    #[serde(default)]
+    pub trusted_daemon_names: Vec<String>,
+    /// What to do with a message whose signature cannot be made (key missing, backend down).
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Concurrent MTA connections served; more wait in the accept backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Upper bound on one protocol read or write; Postfix's own `milter_content_timeout` is 300 s.
+    #[serde(default = "default_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+/// `[keys]`: where file keys live by default and how strictly they are checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    /// The default key path is `{directory}/{domain}/{selector}.key`.
+    #[serde(default = "default_key_directory")]
+    pub directory: PathBuf,
+    /// Refuse key files that group or others can read or write (OpenDKIM's RequireSafeKeys).
+    #[serde(default = "yes")]
+    pub require_safe_permissions: bool,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `signet_milter=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+/// `[vault]`: defaults for every Vault key source.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSettings {
+    pub address: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub namespace: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub role_id: Option<String>,
+    pub secret_id_file: Option<PathBuf>,
+    pub approle_mount: Option<String>,
+    pub kv_version: Option<crate::keysource::KvVersion>,
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub timeout: Option<Duration>,
+}
+
+/// `[callbacks."NAME"]`: a named key provider for `{ event_name = "NAME" }` key sources.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackSettings {
+    /// Program and arguments (no shell); `event_args` are appended; the key is its stdout.
+    pub command: Option<Vec<String>>,
+    /// SQLite database opened read-only; `query` binds `event_args` as `?1`, `?2`, ….
+    pub sqlite: Option<PathBuf>,
+    pub query: Option<String>,
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub timeout: Option<Duration>,
+}
+
+/// The whole file as written, before cross-checks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    milter: Option<MilterSettings>,
+    keys: Option<KeySettings>,
+    log: Option<LogSettings>,
+    vault: Option<VaultSettings>,
+    #[serde(default)]
+    callbacks: BTreeMap<String, toml::Spanned<CallbackSettings>>,
+    base: Option<toml::Spanned<signing::RawBase>>,
+    #[serde(default)]
+    domain: BTreeMap<String, toml::Spanned<signing::RawDomain>>,
+    #[serde(default)]
+    signature: BTreeMap<String, toml::Spanned<signing::RawSignature>>,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text` as if it had been read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            ConfigError::located(path, text, span, message)
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+
+        let milter = match raw.milter {
+            Some(m) => m,
+            None => toml::from_str("").map_err(|e| at(None, format!("{e}")))?,
+        };
+        if milter.max_connections == 0 {
+            return Err(at(None, "[milter] max_connections must be at least 1".into()));
+        }
+        let keys = raw.keys.unwrap_or_else(|| KeySettings {
+            directory: default_key_directory(),
+            require_safe_permissions: true,
+        });
+        let log = raw.log.unwrap_or_else(|| LogSettings {
+            level: default_log_level(),
+        });
+        let vault = raw.vault.unwrap_or_default();
+        if let Some(address) = &vault.address {
+            validate_http_url(address).map_err(|e| at(None, format!("[vault] address: {e}")))?;
+        }
+
+        let mut callbacks = BTreeMap::new();
+        for (name, spanned) in raw.callbacks {
+            let span = spanned.span();
+            let cb = spanned.into_inner();
+            match (&cb.command, &cb.sqlite, &cb.query) {
+                (Some(argv), None, None) if !argv.is_empty() && !argv[0].is_empty() => {}
+                (None, Some(_), Some(q)) if !q.trim().is_empty() => {}
+                (None, Some(_), None) => {
+                    return Err(at(Some(span), format!("[callbacks.\"{name}\"]: sqlite needs a query")));
+                }
+                _ => {
+                    return Err(at(
+                        Some(span),
+                        format!("[callbacks.\"{name}\"] needs either command = [\"/path\", …] or sqlite = \"/path.db\" with query"),
+                    ));
+                }
+            }
+            callbacks.insert(name, cb);
+        }
+
+        let signing = signing::build(
+            signing::RawSigningTable {
+                base: raw.base,
+                domain: raw.domain,
+                signature: raw.signature,
+            },
+            &keys,
+            &callbacks,
+            &at,
+        )?;
+
+        Ok(Config {
+            path: path.to_owned(),
+            milter,
+            keys,
+            log,
+            vault,
+            callbacks,
+            signing,
+        })
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen() -> ListenAddr {
+    DEFAULT_SOCKET.parse().expect("the default socket address parses")
+}
+fn default_trusted_networks() -> Vec<IpNet> {
+    vec![
+        "127.0.0.0/8".parse().expect("literal CIDR"),
+        "::1/128".parse().expect("literal CIDR"),
+    ]
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_key_directory() -> PathBuf {
+    DEFAULT_KEY_DIRECTORY.into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Durations as `"30s"`, `"5m"`, `"1h 30m"`, or a bare number of seconds.
+pub(crate) mod humantime_serde_compat {
+    use serde::Deserializer;
+    use std::time::Duration;
+
+    pub fn parse(raw: &str) -> Result<Duration, String> {
+        humantime::parse_duration(raw.trim())
+            .map_err(|e| format!("invalid duration \"{raw}\": {e} (write e.g. \"30s\", \"5m\", \"7d\")"))
+    }
+
+    struct DurationVisitor;
+
+    impl serde::de::Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as \"30s\", \"5m\", \"7d\", or a number of seconds")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("a duration cannot be negative"))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse(v).map_err(E::custom)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(DurationVisitor)
+    }
+
+    pub mod option {
+        use super::*;
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Where a signing key comes from: KumoMTA's KeySource object, in TOML.
+//!
+//! The four shapes of the KeySource reference are accepted as the `key` field of a signing entry:
+//!
+//! ```toml
+//! key = "/etc/signet-milter/keys/{domain}/{selector}.key"                  # a file
+//! key = { key_data = "-----BEGIN PRIVATE KEY-----\n..." }                   # inline data
+//! key = { vault_mount = "secret", vault_path = "dkim/{domain}", vault_key = "key" }
+//! key = { event_name = "sqlite-keys", event_args = ["{domain}", "{selector}"] }
+//! ```
+//!
+//! A [`KeySource`] is the configured, templated form; [`ResolvedKeySource`] is the same source
+//! for one concrete domain and selector, and is what the key cache is keyed by.
+
+use crate::config::Template;
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use serde::Deserialize;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// KV secrets engine version of a Vault mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+pub enum KvVersion {
+    #[serde(rename = "1", alias = "v1")]
+    V1,
+    #[serde(rename = "2", alias = "v2")]
+    V2,
+}
+
+/// Inline key bytes; never printed, wiped when dropped.
+#[derive(Clone)]
+pub struct KeyData(Arc<SecretSlice<u8>>);
+
+impl KeyData {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Arc::new(SecretSlice::from(bytes)))
+    }
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for KeyData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyData([REDACTED])")
+    }
+}
+
+/// Inline data is identified by the allocation that holds it: two entries that share one
+/// `key_data` value (merged from `[base]`) share one cache entry, and the bytes are never hashed.
+impl PartialEq for KeyData {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for KeyData {}
+impl Hash for KeyData {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as *const u8 as usize).hash(state);
+    }
+}
+
+/// A Vault token given in the config; never printed.
+#[derive(Clone)]
+pub struct VaultToken(pub SecretString);
+
+impl fmt::Debug for VaultToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VaultToken([REDACTED])")
+    }
+}
+impl PartialEq for VaultToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.expose_secret() == other.0.expose_secret()
+    }
+}
+impl Eq for VaultToken {}
+impl Hash for VaultToken {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.expose_secret().hash(state);
+    }
+}
+
+/// A Vault KV secret holding the key in one field.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VaultSource<T> {
+    pub mount: T,
+    pub path: T,
+    /// The field of the secret that holds the PEM key (KumoMTA's `vault_key`, default `key`).
+    pub field: String,
+    pub address: Option<String>,
+    pub token: Option<VaultToken>,
+    pub kv_version: Option<KvVersion>,
+}
+
+/// A configured key source, with `{domain}`/`{selector}` templates not yet filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KeySource {
+    File(Template),
+    Data(KeyData),
+    Vault(VaultSource<Template>),
+    Event { name: String, args: Vec<Template> },
+}
+
+/// A key source for one concrete signing domain and selector.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ResolvedKeySource {
+    File(PathBuf),
+    Data(KeyData),
+    Vault(VaultSource<String>),
+    Event { name: String, args: Vec<String> },
+}
+
+impl KeySource {
+    pub fn resolve(&self, domain: &str, selector: &str) -> ResolvedKeySource {
+        match self {
+            KeySource::File(path) => ResolvedKeySource::File(path.render(domain, selector).into()),
+            KeySource::Data(data) => ResolvedKeySource::Data(data.clone()),
+            KeySource::Vault(v) => ResolvedKeySource::Vault(VaultSource {
+                mount: v.mount.render(domain, selector),
+                path: v.path.render(domain, selector),
+                field: v.field.clone(),
+                address: v.address.clone(),
+                token: v.token.clone(),
+                kv_version: v.kv_version,
+            }),
+            KeySource::Event { name, args } => ResolvedKeySource::Event {
+                name: name.clone(),
+                args: args.iter().map(|a| a.render(domain, selector)).collect(),
+            },
+        }
+    }
+
+    /// The callback this source refers to, if any (checked against `[callbacks]` at load time).
+    pub fn event_name(&self) -> Option<&str> {
+        match self {
+            KeySource::Event { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+impl ResolvedKeySource {
+    /// The backend name, for logs, `check` and metrics.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            ResolvedKeySource::File(_) => "file",
+            ResolvedKeySource::Data(_) => "key_data",
+            ResolvedKeySource::Vault(_) => "vault",
+            ResolvedKeySource::Event { .. } => "callback",
+        }
+    }
+}
+
+/// Where the key is, in words an operator can act on; never includes secret material.
+impl fmt::Display for ResolvedKeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResolvedKeySource::File(path) => write!(f, "file {}", path.display()),
+            ResolvedKeySource::Data(_) => f.write_str("inline key_data"),
+            ResolvedKeySource::Vault(v) => {
+                write!(f, "vault {}/{} field {}", v.mount, v.path, v.field)
+            }
+            ResolvedKeySource::Event { name, args } => {
+                write!(f, "callback {name}({})", args.join(", "))
+            }
+        }
+    }
+}
+
+/// The TOML shape before it is known which of the four it is: every field optional, so that the
+/// error for a wrong combination can say exactly what is wrong.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySourceTable {
+    key_data: Option<String>,
+    vault_mount: Option<Template>,
+    vault_path: Option<Template>,
+    vault_key: Option<String>,
+    vault_address: Option<String>,
+    vault_token: Option<String>,
+    kv_version: Option<KvVersion>,
+    event_name: Option<String>,
+    event_args: Option<Vec<Template>>,
+}
+
+impl KeySourceTable {
+    fn into_source(self) -> Result<KeySource, String> {
+        let vault = self.vault_mount.is_some()
+            || self.vault_path.is_some()
+            || self.vault_key.is_some()
+            || self.vault_address.is_some()
+            || self.vault_token.is_some()
+            || self.kv_version.is_some();
+        let event = self.event_name.is_some() || self.event_args.is_some();
+        let data = self.key_data.is_some();
+        match (data, vault, event) {
+            (true, false, false) => {
+                let text = self.key_data.unwrap_or_default();
+                if text.trim().is_empty() {
+                    return Err("key_data is empty".into());
+                }
+                Ok(KeySource::Data(KeyData::new(text.into_bytes())))
+            }
+            (false, true, false) => {
+                let mount = self
+                    .vault_mount
+                    .ok_or("a Vault key source needs vault_mount (e.g. \"secret\")")?;
+                let path = self
+                    .vault_path
+                    .ok_or("a Vault key source needs vault_path (e.g. \"dkim/{domain}\")")?;
+                if let Some(address) = &self.vault_address {
+                    crate::config::validate_http_url(address)
+                        .map_err(|e| format!("vault_address: {e}"))?;
+                }
+                Ok(KeySource::Vault(VaultSource {
+                    mount,
+                    path,
+                    field: self.vault_key.unwrap_or_else(|| "key".into()),
+                    address: self.vault_address,
+                    token: self.vault_token.map(|t| VaultToken(t.into())),
+                    kv_version: self.kv_version,
+                }))
+            }
+            (false, false, true) => {
+                let name = self
+                    .event_name
+                    .ok_or("a callback key source needs event_name")?;
+                Ok(KeySource::Event {
+                    name,
+                    args: self.event_args.unwrap_or_default(),
+                })
+            }
+            (false, false, false) => Err("a key source table needs key_data, vault_mount + vault_path, or event_name".into()),
+            _ => Err("a key source table takes exactly one of key_data, vault_*, or event_name/event_args".into()),
+        }
+    }
+}
+
+/// A string is a file path; a table is one of the other shapes. A visitor rather than an untagged
+/// enum, so that the precise error of the table shape reaches the operator.
+struct KeySourceVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KeySourceVisitor {
+    type Value = KeySource;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key file path, or a table with key_data, vault_mount/vault_path, or event_name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, path: &str) -> Result<KeySource, E> {
+        if path.trim().is_empty() {
+            return Err(E::custom("key path is empty"));
+        }
+        Template::parse(path).map(KeySource::File).map_err(E::custom)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<KeySource, A::Error> {
+        let table = KeySourceTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        table.into_source().map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeySource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(KeySourceVisitor)
+    }
+}

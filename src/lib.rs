@@ -1,0 +1,8 @@
+//! signet-milter: a DKIM signing milter for Postfix and Sendmail.
+//!
+//! Data flows one way: the milter [`session`](crate::milter) asks the [`policy`] whether a message
+//! may be signed and with which signatures, resolves their keys through the [`keys`] cache, and
+//! streams the message through the [`sign`]ers.
+
+pub mod config;
+pub mod keysource;
