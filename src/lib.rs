@@ -6,3 +6,4 @@
 
 pub mod config;
 pub mod keysource;
+pub mod keys;

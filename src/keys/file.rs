@@ -1,0 +1,51 @@
+//! Key files: read with a permission check, and stamped so a replaced file is noticed.
+
+use super::KeyError;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::time::SystemTime;
+use zeroize::Zeroizing;
+
+/// Permission bits that let someone other than the owner read or replace the key.
+const UNSAFE_BITS: u32 = 0o066;
+
+/// Identity of a file's content as far as `stat` can tell: a new mtime, size or inode means the
+/// file was replaced or rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+    device: u64,
+}
+
+pub fn stamp(path: &Path) -> Result<FileStamp, KeyError> {
+    let meta = std::fs::metadata(path).map_err(|e| KeyError::io(path, &e))?;
+    Ok(FileStamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode: meta.ino(),
+        device: meta.dev(),
+    })
+}
+
+/// Reads the key file, refusing one that group or others can read or write when `require_safe`.
+pub fn read_key_file(path: &Path, require_safe: bool) -> Result<(Zeroizing<Vec<u8>>, FileStamp), KeyError> {
+    let before = stamp(path)?;
+    let meta = std::fs::metadata(path).map_err(|e| KeyError::io(path, &e))?;
+    if !meta.is_file() {
+        return Err(KeyError::File {
+            path: path.to_owned(),
+            reason: "is not a regular file".into(),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if require_safe && mode & UNSAFE_BITS != 0 {
+        return Err(KeyError::UnsafePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| KeyError::io(path, &e))?);
+    Ok((bytes, before))
+}
