@@ -7,3 +7,4 @@
 pub mod config;
 pub mod keysource;
 pub mod keys;
+pub mod policy;
