@@ -133,6 +133,16 @@ impl KeySource {
         }
     }
 
+    /// Whether the key differs per signing domain (so a wildcard entry has no single key).
+    pub fn depends_on_domain(&self) -> bool {
+        match self {
+            KeySource::File(path) => path.mentions_domain(),
+            KeySource::Data(_) => false,
+            KeySource::Vault(v) => v.mount.mentions_domain() || v.path.mentions_domain(),
+            KeySource::Event { args, .. } => args.iter().any(Template::mentions_domain),
+        }
+    }
+
     /// The callback this source refers to, if any (checked against `[callbacks]` at load time).
     pub fn event_name(&self) -> Option<&str> {
         match self {
@@ -247,14 +257,18 @@ impl<'de> serde::de::Visitor<'de> for KeySourceVisitor {
     type Value = KeySource;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key file path, or a table with key_data, vault_mount/vault_path, or event_name")
+        f.write_str(
+            "a key file path, or a table with key_data, vault_mount/vault_path, or event_name",
+        )
     }
 
     fn visit_str<E: serde::de::Error>(self, path: &str) -> Result<KeySource, E> {
         if path.trim().is_empty() {
             return Err(E::custom("key path is empty"));
         }
-        Template::parse(path).map(KeySource::File).map_err(E::custom)
+        Template::parse(path)
+            .map(KeySource::File)
+            .map_err(E::custom)
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<KeySource, A::Error> {

@@ -4,7 +4,15 @@
 //! may be signed and with which signatures, resolves their keys through the [`keys`] cache, and
 //! streams the message through the [`sign`]ers.
 
+pub mod check;
+pub mod cli;
 pub mod config;
-pub mod keysource;
 pub mod keys;
+pub mod keysource;
+pub mod message;
+pub mod milter;
 pub mod policy;
+pub mod runtime;
+pub mod server;
+pub mod session;
+pub mod sign;

@@ -80,7 +80,9 @@ pub fn may_sign(settings: &MilterSettings, origin: &Origin) -> Option<Trust> {
                 .auth_user
                 .clone()
                 .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| format!("({})", origin.auth_type.as_deref().unwrap_or_default()));
+                .unwrap_or_else(|| {
+                    format!("({})", origin.auth_type.as_deref().unwrap_or_default())
+                });
             return Some(Trust::Authenticated(who));
         }
     }
@@ -223,7 +225,12 @@ mod tests {
         Config::parse(text, Path::new("t.toml")).unwrap()
     }
 
-    fn origin(client: ClientAddr, user: Option<&str>, typ: Option<&str>, daemon: Option<&str>) -> Origin {
+    fn origin(
+        client: ClientAddr,
+        user: Option<&str>,
+        typ: Option<&str>,
+        daemon: Option<&str>,
+    ) -> Origin {
         Origin {
             client,
             auth_user: user.map(Into::into),
@@ -241,31 +248,68 @@ mod tests {
         );
         let ip = |s: &str| ClientAddr::Ip(s.parse().unwrap());
         let cases = [
-            (origin(ip("127.0.0.1"), None, None, None), Some("trusted client 127.0.0.1")),
-            (origin(ip("192.0.2.77"), None, None, None), Some("trusted client 192.0.2.77")),
-            (origin(ip("::ffff:192.0.2.5"), None, None, None), Some("trusted client 192.0.2.5")),
-            (origin(ip("::1"), None, None, None), Some("trusted client ::1")),
+            (
+                origin(ip("127.0.0.1"), None, None, None),
+                Some("trusted client 127.0.0.1"),
+            ),
+            (
+                origin(ip("192.0.2.77"), None, None, None),
+                Some("trusted client 192.0.2.77"),
+            ),
+            (
+                origin(ip("::ffff:192.0.2.5"), None, None, None),
+                Some("trusted client 192.0.2.5"),
+            ),
+            (
+                origin(ip("::1"), None, None, None),
+                Some("trusted client ::1"),
+            ),
             (origin(ip("203.0.113.5"), None, None, None), None),
             (origin(ip("203.0.113.5"), Some(""), Some(""), None), None),
-            (origin(ip("203.0.113.5"), Some("alice"), Some("PLAIN"), None), Some("authenticated as alice")),
-            (origin(ip("203.0.113.5"), None, Some("LOGIN"), None), Some("authenticated as (LOGIN)")),
-            (origin(ip("203.0.113.5"), None, None, Some("ORIGINATING")), Some("daemon ORIGINATING")),
+            (
+                origin(ip("203.0.113.5"), Some("alice"), Some("PLAIN"), None),
+                Some("authenticated as alice"),
+            ),
+            (
+                origin(ip("203.0.113.5"), None, Some("LOGIN"), None),
+                Some("authenticated as (LOGIN)"),
+            ),
+            (
+                origin(ip("203.0.113.5"), None, None, Some("ORIGINATING")),
+                Some("daemon ORIGINATING"),
+            ),
             (origin(ip("203.0.113.5"), None, None, Some("smtpd")), None),
-            (origin(ClientAddr::Local, None, None, None), Some("trusted client 127.0.0.1")),
+            (
+                origin(ClientAddr::Local, None, None, None),
+                Some("trusted client 127.0.0.1"),
+            ),
             (origin(ClientAddr::Unknown, None, None, None), None),
         ];
         for (o, want) in cases {
-            assert_eq!(may_sign(&c.milter, &o).map(|t| t.to_string()).as_deref(), want, "{o:?}");
+            assert_eq!(
+                may_sign(&c.milter, &o).map(|t| t.to_string()).as_deref(),
+                want,
+                "{o:?}"
+            );
         }
     }
 
     #[test]
     fn authenticated_senders_can_be_excluded() {
         let c = config("[milter]\nsign_authenticated = false\ntrusted_networks = []\n");
-        let o = origin(ClientAddr::Ip("203.0.113.5".parse().unwrap()), Some("alice"), Some("PLAIN"), None);
+        let o = origin(
+            ClientAddr::Ip("203.0.113.5".parse().unwrap()),
+            Some("alice"),
+            Some("PLAIN"),
+            None,
+        );
         assert_eq!(may_sign(&c.milter, &o), None);
         let local = origin(ClientAddr::Local, None, None, None);
-        assert_eq!(may_sign(&c.milter, &local), None, "no trusted networks: not even local");
+        assert_eq!(
+            may_sign(&c.milter, &local),
+            None,
+            "no trusted networks: not even local"
+        );
     }
 
     #[test]
@@ -273,12 +317,21 @@ mod tests {
         let cases: &[(&[&str], Result<&str, NoAuthor>)] = &[
             (&[" alice@Example.COM"], Ok("example.com")),
             (&[" \"Alice, A.\" <alice@example.com>"], Ok("example.com")),
-            (&[" =?utf-8?q?J=C3=BCrgen?= <j@sub.example.org>"], Ok("sub.example.org")),
+            (
+                &[" =?utf-8?q?J=C3=BCrgen?= <j@sub.example.org>"],
+                Ok("sub.example.org"),
+            ),
             (&[" Alice\n\t<alice@example.com>"], Ok("example.com")),
             (&[" alice@example.com."], Ok("example.com")),
             (&[], Err(NoAuthor::Missing)),
-            (&[" a@x.example", " b@y.example"], Err(NoAuthor::SeveralHeaders(2))),
-            (&[" a@x.example, b@y.example"], Err(NoAuthor::SeveralMailboxes(2))),
+            (
+                &[" a@x.example", " b@y.example"],
+                Err(NoAuthor::SeveralHeaders(2)),
+            ),
+            (
+                &[" a@x.example, b@y.example"],
+                Err(NoAuthor::SeveralMailboxes(2)),
+            ),
             (&[" undisclosed-recipients:;"], Err(NoAuthor::Unparsable)),
             (&[" alice"], Err(NoAuthor::Unparsable)),
             (&[" alice@"], Err(NoAuthor::BadDomain)),
@@ -287,7 +340,11 @@ mod tests {
         for (values, want) in cases {
             let bytes: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
             let got = author_domain(&bytes);
-            assert_eq!(got.as_deref().map_err(Clone::clone), want.clone(), "{values:?}");
+            assert_eq!(
+                got.as_deref().map_err(Clone::clone),
+                want.clone(),
+                "{values:?}"
+            );
         }
     }
 
@@ -320,11 +377,26 @@ mod tests {
                 .collect()
         };
         let cases: &[(Result<&str, &NoAuthor>, &[&str])] = &[
-            (Ok("example.com"), &["example.com:s", "example.com:ed1", "esp.example:esp1"]),
-            (Ok("mail.example.net"), &["mail.example.net:s", "esp.example:esp1"]),
-            (Ok("example.net"), &["esp.example:esp1", "fallback.example:s"]),
-            (Ok("unknown.org"), &["esp.example:esp1", "fallback.example:s"]),
-            (Err(&NoAuthor::Missing), &["esp.example:esp1", "fallback.example:s"]),
+            (
+                Ok("example.com"),
+                &["example.com:s", "example.com:ed1", "esp.example:esp1"],
+            ),
+            (
+                Ok("mail.example.net"),
+                &["mail.example.net:s", "esp.example:esp1"],
+            ),
+            (
+                Ok("example.net"),
+                &["esp.example:esp1", "fallback.example:s"],
+            ),
+            (
+                Ok("unknown.org"),
+                &["esp.example:esp1", "fallback.example:s"],
+            ),
+            (
+                Err(&NoAuthor::Missing),
+                &["esp.example:esp1", "fallback.example:s"],
+            ),
         ];
         for (author, want) in cases {
             assert_eq!(names(*author), *want, "{author:?}");

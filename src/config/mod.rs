@@ -67,12 +67,10 @@ pub struct MilterSettings {
     /// What to do with a message whose signature cannot be made (key missing, backend down).
     #[serde(default)]
     pub on_error: OnError,
-    /// Concurrent MTA connections served; more wait in the accept backlog.
+    /// Concurrent MTA connections served; more wait in the accept backlog. At least the number
+    /// of Postfix smtpd + cleanup processes that use the milter.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Upper bound on one protocol read or write; Postfix's own `milter_content_timeout` is 300 s.
-    #[serde(default = "default_timeout", with = "humantime_serde_compat")]
-    pub timeout: Duration,
 }
 
 /// `[keys]`: where file keys live by default and how strictly they are checked.
@@ -166,7 +164,10 @@ impl Config {
             None => toml::from_str("").map_err(|e| at(None, format!("{e}")))?,
         };
         if milter.max_connections == 0 {
-            return Err(at(None, "[milter] max_connections must be at least 1".into()));
+            return Err(at(
+                None,
+                "[milter] max_connections must be at least 1".into(),
+            ));
         }
         let keys = raw.keys.unwrap_or_else(|| KeySettings {
             directory: default_key_directory(),
@@ -188,12 +189,17 @@ impl Config {
                 (Some(argv), None, None) if !argv.is_empty() && !argv[0].is_empty() => {}
                 (None, Some(_), Some(q)) if !q.trim().is_empty() => {}
                 (None, Some(_), None) => {
-                    return Err(at(Some(span), format!("[callbacks.\"{name}\"]: sqlite needs a query")));
+                    return Err(at(
+                        Some(span),
+                        format!("[callbacks.\"{name}\"]: sqlite needs a query"),
+                    ));
                 }
                 _ => {
                     return Err(at(
                         Some(span),
-                        format!("[callbacks.\"{name}\"] needs either command = [\"/path\", …] or sqlite = \"/path.db\" with query"),
+                        format!(
+                            "[callbacks.\"{name}\"] needs either command = [\"/path\", …] or sqlite = \"/path.db\" with query"
+                        ),
                     ));
                 }
             }
@@ -227,7 +233,9 @@ fn yes() -> bool {
     true
 }
 fn default_listen() -> ListenAddr {
-    DEFAULT_SOCKET.parse().expect("the default socket address parses")
+    DEFAULT_SOCKET
+        .parse()
+        .expect("the default socket address parses")
 }
 fn default_trusted_networks() -> Vec<IpNet> {
     vec![
@@ -237,9 +245,6 @@ fn default_trusted_networks() -> Vec<IpNet> {
 }
 fn default_max_connections() -> usize {
     256
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(300)
 }
 fn default_key_directory() -> PathBuf {
     DEFAULT_KEY_DIRECTORY.into()
@@ -254,8 +259,9 @@ pub(crate) mod humantime_serde_compat {
     use std::time::Duration;
 
     pub fn parse(raw: &str) -> Result<Duration, String> {
-        humantime::parse_duration(raw.trim())
-            .map_err(|e| format!("invalid duration \"{raw}\": {e} (write e.g. \"30s\", \"5m\", \"7d\")"))
+        humantime::parse_duration(raw.trim()).map_err(|e| {
+            format!("invalid duration \"{raw}\": {e} (write e.g. \"30s\", \"5m\", \"7d\")")
+        })
     }
 
     struct DurationVisitor;

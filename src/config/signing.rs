@@ -135,7 +135,9 @@ impl Params {
             algo: self.algo.or(lower.algo),
             key: self.key.or_else(|| lower.key.clone()),
             expiration: self.expiration.or(lower.expiration),
-            header_canonicalization: self.header_canonicalization.or(lower.header_canonicalization),
+            header_canonicalization: self
+                .header_canonicalization
+                .or(lower.header_canonicalization),
             body_canonicalization: self.body_canonicalization.or(lower.body_canonicalization),
             over_sign: self.over_sign.or(lower.over_sign),
             on_error: self.on_error.or(lower.on_error),
@@ -148,6 +150,12 @@ impl Params {
 pub enum SignatureLabel {
     Domain(String),
     Signature(String),
+}
+
+impl SignatureLabel {
+    pub fn is_signature(&self) -> bool {
+        matches!(self, SignatureLabel::Signature(_))
+    }
 }
 
 impl std::fmt::Display for SignatureLabel {
@@ -263,14 +271,20 @@ pub(super) fn build(
         None => (RawBase::default(), None),
     };
     if base.sets_both_key_and_filename() {
-        return Err(at(base_span, "[base] sets both key and filename; choose one".into()));
+        return Err(at(
+            base_span,
+            "[base] sets both key and filename; choose one".into(),
+        ));
     }
     if matches!(base.policy, Some(SignaturePolicy::OnlyIfMissingDomainBlock)) {
         // Kumo documents "Always" as the only valid [base] policy.
         return Err(at(base_span, "[base] policy can only be \"Always\"".into()));
     }
     if base.vault_path_prefix.is_some() && base.vault_mount.is_none() {
-        return Err(at(base_span, "[base] vault_path_prefix needs vault_mount".into()));
+        return Err(at(
+            base_span,
+            "[base] vault_path_prefix needs vault_mount".into(),
+        ));
     }
     let base_params = base.params();
     let ctx = Context {
@@ -292,16 +306,24 @@ pub(super) fn build(
         let span = spanned.span();
         let sig = spanned.get_ref();
         if sig.sets_both_key_and_filename() {
-            return Err(at(Some(span), format!("[signature.\"{name}\"] sets both key and filename; choose one")));
+            return Err(at(
+                Some(span),
+                format!("[signature.\"{name}\"] sets both key and filename; choose one"),
+            ));
         }
         let domain = match &sig.domain {
             Some(d) if d.get_ref() == "{domain}" => SigningDomain::Author,
-            Some(d) => SigningDomain::Fixed(
-                normalize_domain(d.get_ref())
-                    .map_err(|e| at(Some(d.span()), format!("[signature.\"{name}\"] domain: {e}")))?,
-            ),
+            Some(d) => SigningDomain::Fixed(normalize_domain(d.get_ref()).map_err(|e| {
+                at(
+                    Some(d.span()),
+                    format!("[signature.\"{name}\"] domain: {e}"),
+                )
+            })?),
             None => {
-                return Err(at(Some(span), format!("[signature.\"{name}\"] needs a domain (the d= to sign as)")));
+                return Err(at(
+                    Some(span),
+                    format!("[signature.\"{name}\"] needs a domain (the d= to sign as)"),
+                ));
             }
         };
         let params = sig.params().over(&base_params);
@@ -342,15 +364,24 @@ pub(super) fn build(
         let entry = spanned.get_ref();
         let owner = format!("[domain.\"{pattern}\"]");
         if entry.sets_both_key_and_filename() {
-            return Err(at(Some(span), format!("{owner} sets both key and filename; choose one")));
-        }
-        if matches!(entry.policy, Some(SignaturePolicy::OnlyIfMissingDomainBlock)) {
             return Err(at(
                 Some(span),
-                format!("{owner}: policy OnlyIfMissingDomainBlock only makes sense in a [signature] block"),
+                format!("{owner} sets both key and filename; choose one"),
             ));
         }
-        let key = DomainPattern::parse(pattern).map_err(|e| at(Some(span.clone()), format!("{owner}: {e}")))?;
+        if matches!(
+            entry.policy,
+            Some(SignaturePolicy::OnlyIfMissingDomainBlock)
+        ) {
+            return Err(at(
+                Some(span),
+                format!(
+                    "{owner}: policy OnlyIfMissingDomainBlock only makes sense in a [signature] block"
+                ),
+            ));
+        }
+        let key = DomainPattern::parse(pattern)
+            .map_err(|e| at(Some(span.clone()), format!("{owner}: {e}")))?;
         let additional = lookup_signatures(&entry.additional_signatures, &owner, &mut referenced)?;
         let template = Arc::new(ctx.template(
             SignatureLabel::Domain(pattern.clone()),
@@ -366,7 +397,10 @@ pub(super) fn build(
             DomainPattern::CatchAll => table.catch_all.replace(template.clone()).is_some(),
         };
         if duplicate {
-            return Err(at(Some(span), format!("{owner} duplicates another entry (domain names are case-insensitive)")));
+            return Err(at(
+                Some(span),
+                format!("{owner} duplicates another entry (domain names are case-insensitive)"),
+            ));
         }
         table.domains.insert(pattern.clone(), template);
     }
@@ -401,14 +435,20 @@ impl Context<'_> {
     ) -> Result<SignerTemplate, ConfigError> {
         let at = self.at;
         let selector = params.selector.ok_or_else(|| {
-            at(Some(span.clone()), format!("{label} has no selector, and [base] sets none"))
+            at(
+                Some(span.clone()),
+                format!("{label} has no selector, and [base] sets none"),
+            )
         })?;
         validate_selector(selector.get_ref())
             .map_err(|e| at(Some(selector.span()), format!("{label} selector: {e}")))?;
         let headers = signed_headers(params.headers.as_deref(), params.over_sign)
             .map_err(|e| at(Some(span.clone()), format!("{label} headers: {e}")))?;
         if params.expiration == Some(Duration::ZERO) {
-            return Err(at(Some(span), format!("{label} expiration must be longer than 0 s")));
+            return Err(at(
+                Some(span),
+                format!("{label} expiration must be longer than 0 s"),
+            ));
         }
         let key = self.key_source(params.key);
         if let Some(name) = key.event_name()
@@ -444,7 +484,11 @@ impl Context<'_> {
                 let path = match choice {
                     Some(KeyChoice::Filename(f)) => f,
                     _ => {
-                        let prefix = self.vault_prefix.trim_end_matches('/').replace('{', "{{").replace('}', "}}");
+                        let prefix = self
+                            .vault_prefix
+                            .trim_end_matches('/')
+                            .replace('{', "{{")
+                            .replace('}', "}}");
                         Template::parse(&format!("{prefix}/{{domain}}/{{selector}}"))
                             .expect("escaped prefix with known placeholders parses")
                     }
@@ -490,10 +534,13 @@ pub fn normalize_domain(name: &str) -> Result<String, String> {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+            && l.chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
     };
     if lower.is_empty() || lower.len() > 253 || !lower.split('.').all(valid_label) {
-        return Err(format!("\"{name}\" is not a domain name (wildcards are written \"*.example.com\" or \"*\")"));
+        return Err(format!(
+            "\"{name}\" is not a domain name (wildcards are written \"*.example.com\" or \"*\")"
+        ));
     }
     Ok(lower)
 }
@@ -501,19 +548,26 @@ pub fn normalize_domain(name: &str) -> Result<String, String> {
 fn validate_selector(selector: &str) -> Result<(), String> {
     let ok = !selector.is_empty()
         && selector.split('.').all(|l| {
-            !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
     if ok {
         Ok(())
     } else {
-        Err(format!("\"{selector}\" is not a valid selector (letters, digits, '-', '_', dots between labels)"))
+        Err(format!(
+            "\"{selector}\" is not a valid selector (letters, digits, '-', '_', dots between labels)"
+        ))
     }
 }
 
 /// The `h=` list: the configured (or default) headers, deduplicated case-insensitively, with
 /// oversigning applied. `over_sign` unset oversigns only `From`, so no second author can be
 /// added after signing; `true` oversigns every listed header; `false` oversigns nothing.
-fn signed_headers(configured: Option<&[String]>, over_sign: Option<bool>) -> Result<Vec<String>, String> {
+fn signed_headers(
+    configured: Option<&[String]>,
+    over_sign: Option<bool>,
+) -> Result<Vec<String>, String> {
     let mut unique: Vec<String> = Vec::new();
     let names: Vec<&str> = match configured {
         Some(list) => list.iter().map(String::as_str).collect(),

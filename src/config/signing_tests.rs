@@ -8,7 +8,9 @@ fn load(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn table(text: &str) -> SigningTable {
-    load(text).unwrap_or_else(|e| panic!("config should load: {e}")).signing
+    load(text)
+        .unwrap_or_else(|e| panic!("config should load: {e}"))
+        .signing
 }
 
 #[test]
@@ -19,11 +21,23 @@ fn kumomta_example_loads_unchanged() {
     assert_eq!(how, DomainMatch::Exact);
     assert_eq!(entry.selector, "dkim1024");
     assert_eq!(entry.algo, Some(Algo::RsaSha256));
-    assert_eq!(entry.key, KeySource::File(Template::literal("/full/path/to/key.")));
+    assert_eq!(
+        entry.key,
+        KeySource::File(Template::literal("/full/path/to/key."))
+    );
     // From is oversigned by default; the rest once, in the configured order.
     assert_eq!(
         entry.headers,
-        ["From", "From", "To", "Subject", "Date", "MIME-Version", "Content-Type", "Sender"]
+        [
+            "From",
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "MIME-Version",
+            "Content-Type",
+            "Sender"
+        ]
     );
 }
 
@@ -51,7 +65,11 @@ fn tri_state_merge_most_specific_level_wins() {
     );
     let (a, _) = t.lookup("a.example").unwrap();
     assert_eq!(a.selector, "base-sel");
-    assert_eq!(a.headers, ["From", "Subject"], "a domain's false overrides base's true");
+    assert_eq!(
+        a.headers,
+        ["From", "Subject"],
+        "a domain's false overrides base's true"
+    );
     assert_eq!(a.header_canonicalization, Canon::Simple);
     assert_eq!(a.body_canonicalization, Canon::Relaxed);
     assert_eq!(a.expiration, Some(Duration::from_secs(3600)));
@@ -59,7 +77,11 @@ fn tri_state_merge_most_specific_level_wins() {
 
     let (b, _) = t.lookup("b.example").unwrap();
     assert_eq!(b.selector, "b-sel");
-    assert_eq!(b.headers, ["From", "From", "Subject", "Subject"], "base over_sign = true");
+    assert_eq!(
+        b.headers,
+        ["From", "From", "Subject", "Subject"],
+        "base over_sign = true"
+    );
     assert_eq!(b.body_canonicalization, Canon::Simple);
     assert_eq!(b.expiration, Some(Duration::from_secs(7 * 86400)));
     assert_eq!(b.on_error, OnError::Accept);
@@ -85,7 +107,10 @@ fn wildcard_matching() {
         ("example.com", Some(("exact", DomainMatch::Exact))),
         ("mail.example.com", Some(("wild", DomainMatch::Wildcard))),
         ("a.b.example.com", Some(("wild", DomainMatch::Wildcard))),
-        ("x.deep.example.com", Some(("deeper", DomainMatch::Wildcard))),
+        (
+            "x.deep.example.com",
+            Some(("deeper", DomainMatch::Wildcard)),
+        ),
         ("deep.example.com", Some(("wild", DomainMatch::Wildcard))),
         ("other.org", None), // the apex never matches its wildcard
         ("sub.other.org", Some(("other", DomainMatch::Wildcard))),
@@ -143,12 +168,21 @@ fn key_sources_from_every_shape() {
         let (e, _) = t.lookup(d).unwrap();
         e.key.resolve(d, &e.selector).to_string()
     };
-    assert_eq!(resolved("default.example"), "file /srv/keys/default.example/s1.key");
+    assert_eq!(
+        resolved("default.example"),
+        "file /srv/keys/default.example/s1.key"
+    );
     assert_eq!(resolved("file.example"), "file /k/file.example-s1.pem");
     assert_eq!(resolved("path.example"), "file /k/s1.pem");
     assert_eq!(resolved("data.example"), "inline key_data");
-    assert_eq!(resolved("vault.example"), "vault secret/dkim/vault.example field private_key");
-    assert_eq!(resolved("event.example"), "callback sqlite-keys(event.example, s1)");
+    assert_eq!(
+        resolved("vault.example"),
+        "vault secret/dkim/vault.example field private_key"
+    );
+    assert_eq!(
+        resolved("event.example"),
+        "callback sqlite-keys(event.example, s1)"
+    );
 }
 
 #[test]
@@ -170,9 +204,20 @@ fn kumomta_base_vault_mode() {
         let (e, _) = t.lookup(d).unwrap();
         e.key.resolve(d, &e.selector).to_string()
     };
-    assert_eq!(resolved("a.example"), "vault kv/mail/dkim/a.example/s1 field key");
-    assert_eq!(resolved("b.example"), "vault kv/custom/b field key", "filename overrides the Vault path");
-    assert_eq!(resolved("c.example"), "file /etc/c.key", "an explicit key wins");
+    assert_eq!(
+        resolved("a.example"),
+        "vault kv/mail/dkim/a.example/s1 field key"
+    );
+    assert_eq!(
+        resolved("b.example"),
+        "vault kv/custom/b field key",
+        "filename overrides the Vault path"
+    );
+    assert_eq!(
+        resolved("c.example"),
+        "file /etc/c.key",
+        "an explicit key wins"
+    );
 }
 
 #[test]
@@ -199,9 +244,19 @@ fn additional_signatures_and_policies() {
     );
     let names: Vec<_> = t.additional().iter().map(|s| s.label.to_string()).collect();
     assert_eq!(names, ["[signature.\"esp\"]", "[signature.\"fallback\"]"]);
-    assert_eq!(t.additional()[0].domain, SigningDomain::Fixed("esp.example".into()));
-    assert_eq!(t.additional()[1].policy, SignaturePolicy::OnlyIfMissingDomainBlock);
-    assert_eq!(t.additional()[1].selector, "s", "signature blocks inherit [base]");
+    assert_eq!(
+        t.additional()[0].domain,
+        SigningDomain::Fixed("esp.example".into())
+    );
+    assert_eq!(
+        t.additional()[1].policy,
+        SignaturePolicy::OnlyIfMissingDomainBlock
+    );
+    assert_eq!(
+        t.additional()[1].selector,
+        "s",
+        "signature blocks inherit [base]"
+    );
     let (e, _) = t.lookup("example.com").unwrap();
     assert_eq!(e.additional.len(), 1);
     assert_eq!(e.additional[0].domain, SigningDomain::Author);
@@ -225,25 +280,93 @@ fn unused_signature_is_a_warning() {
 #[test]
 fn errors_name_line_and_reason() {
     let cases: &[(&str, usize, &str)] = &[
-        ("[domain.\"a.example\"]\nselector = \"s\"\nunknown_key = 1\n", 3, "unknown field `unknown_key`"),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nunknown_key = 1\n",
+            3,
+            "unknown field `unknown_key`",
+        ),
         ("[domain.\"a.example\"]\nselector = 5\n", 2, "invalid type"),
-        ("[base]\nadditional_signatures = [\"nope\"]\n", 2, "no [signature.\"nope\"]"),
-        ("\n[domain.\"a.example\"]\nalgo = \"sha256\"\n", 2, "has no selector"),
-        ("[domain.\"a.example\"]\nselector = \"s\"\nalgo = \"md5\"\n", 3, "unknown variant `md5`"),
-        ("[domain.\"a.example\"]\nselector = \"s\"\nheaders = [\"Subject\"]\n", 1, "must include From"),
-        ("[domain.\"a..example\"]\nselector = \"s\"\n", 1, "not a domain name"),
-        ("[domain.\"a.example\"]\nselector = \"s\"\nkey = \"/k/{user}.pem\"\n", 3, "unknown placeholder {user}"),
-        ("[domain.\"a.example\"]\nselector = \"s\"\nkey = { vault_path = \"x\" }\n", 3, "needs vault_mount"),
-        ("[domain.\"a.example\"]\nselector = \"s\"\nkey = { key_data = \"x\", event_name = \"e\" }\n", 3, "exactly one"),
-        ("[domain.\"a.example\"]\nselector = \"s\"\nkey = { event_name = \"e\" }\n", 1, "no [callbacks.\"e\"]"),
-        ("[domain.\"a.example\"]\nselector = \"s\"\nfilename = \"/a\"\nkey = \"/b\"\n", 1, "both key and filename"),
-        ("[domain.\"a.example\"]\nselector = \"bad selector\"\n", 2, "not a valid selector"),
+        (
+            "[base]\nadditional_signatures = [\"nope\"]\n",
+            2,
+            "no [signature.\"nope\"]",
+        ),
+        (
+            "\n[domain.\"a.example\"]\nalgo = \"sha256\"\n",
+            2,
+            "has no selector",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nalgo = \"md5\"\n",
+            3,
+            "unknown variant `md5`",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nheaders = [\"Subject\"]\n",
+            1,
+            "must include From",
+        ),
+        (
+            "[domain.\"a..example\"]\nselector = \"s\"\n",
+            1,
+            "not a domain name",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nkey = \"/k/{user}.pem\"\n",
+            3,
+            "unknown placeholder {user}",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nkey = { vault_path = \"x\" }\n",
+            3,
+            "needs vault_mount",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nkey = { key_data = \"x\", event_name = \"e\" }\n",
+            3,
+            "exactly one",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nkey = { event_name = \"e\" }\n",
+            1,
+            "no [callbacks.\"e\"]",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nfilename = \"/a\"\nkey = \"/b\"\n",
+            1,
+            "both key and filename",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"bad selector\"\n",
+            2,
+            "not a valid selector",
+        ),
         ("[signature.\"x\"]\nselector = \"s\"\n", 1, "needs a domain"),
-        ("[milter]\nlisten = \"tcp:1\"\n", 2, "invalid listen address"),
-        ("[milter]\ntrusted_networks = [\"10.0.0.0/33\"]\n", 2, "invalid"),
-        ("[domain.\"a.example\"]\nselector = \"s\"\nexpiration = \"soon\"\n", 3, "invalid duration"),
-        ("[domain.\"a.example\"]\nselector = \"s\"\npolicy = \"OnlyIfMissingDomainBlock\"\n", 1, "only makes sense"),
-        ("[domain.\"A.example\"]\nselector = \"s\"\n[domain.\"a.example\"]\nselector = \"t\"\n", 3, "duplicates"),
+        (
+            "[milter]\nlisten = \"tcp:1\"\n",
+            2,
+            "invalid listen address",
+        ),
+        (
+            "[milter]\ntrusted_networks = [\"10.0.0.0/33\"]\n",
+            2,
+            "invalid",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nexpiration = \"soon\"\n",
+            3,
+            "invalid duration",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\npolicy = \"OnlyIfMissingDomainBlock\"\n",
+            1,
+            "only makes sense",
+        ),
+        (
+            "[domain.\"A.example\"]\nselector = \"s\"\n[domain.\"a.example\"]\nselector = \"t\"\n",
+            3,
+            "duplicates",
+        ),
     ];
     for (text, line, reason) in cases {
         let err = match load(text) {
@@ -251,15 +374,24 @@ fn errors_name_line_and_reason() {
             Err(e) => e,
         };
         let shown = err.to_string();
-        assert!(shown.starts_with(&format!("test.toml:{line}:")), "wrong line for {text:?}: {shown}");
-        assert!(shown.contains(reason), "reason {reason:?} missing for {text:?}: {shown}");
+        assert!(
+            shown.starts_with(&format!("test.toml:{line}:")),
+            "wrong line for {text:?}: {shown}"
+        );
+        assert!(
+            shown.contains(reason),
+            "reason {reason:?} missing for {text:?}: {shown}"
+        );
     }
 }
 
 #[test]
 fn defaults_are_safe() {
     let c = load("").unwrap();
-    assert!(c.signing.is_empty(), "signs nothing until a domain is configured");
+    assert!(
+        c.signing.is_empty(),
+        "signs nothing until a domain is configured"
+    );
     assert_eq!(c.milter.on_error, OnError::Tempfail);
     assert!(c.milter.sign_authenticated);
     assert!(c.keys.require_safe_permissions);

@@ -45,7 +45,9 @@ impl Template {
                 segments.push(segment);
                 rest = &rest[end + 1..];
             } else if c == '}' {
-                return Err(format!("unmatched '}}' in \"{text}\" (write '}}}}' for a literal brace)"));
+                return Err(format!(
+                    "unmatched '}}' in \"{text}\" (write '}}}}' for a literal brace)"
+                ));
             } else {
                 literal.push(c);
                 rest = &rest[c.len_utf8()..];
@@ -66,7 +68,10 @@ impl Template {
 
     /// `{dir}/{domain}/{selector}.key`, the default key path.
     pub fn default_key_path(directory: &std::path::Path) -> Self {
-        let dir = directory.to_string_lossy().trim_end_matches('/').to_string();
+        let dir = directory
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
         Self {
             segments: vec![
                 Segment::Literal(format!("{dir}/")),
@@ -100,7 +105,9 @@ impl fmt::Display for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for segment in &self.segments {
             match segment {
-                Segment::Literal(text) => f.write_str(&text.replace('{', "{{").replace('}', "}}"))?,
+                Segment::Literal(text) => {
+                    f.write_str(&text.replace('{', "{{").replace('}', "}}"))?
+                }
                 Segment::Domain => f.write_str("{domain}")?,
                 Segment::Selector => f.write_str("{selector}")?,
             }
@@ -129,7 +136,11 @@ mod tests {
             ("{{literal}}-{selector}", "{literal}-s1"),
         ];
         for (text, want) in cases {
-            assert_eq!(Template::parse(text).unwrap().render("example.com", "s1"), want, "{text}");
+            assert_eq!(
+                Template::parse(text).unwrap().render("example.com", "s1"),
+                want,
+                "{text}"
+            );
         }
     }
 

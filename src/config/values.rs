@@ -98,7 +98,9 @@ impl FromStr for ListenAddr {
             Ok(ListenAddr::Unix(path.into()))
         } else if let Some(addr) = s.strip_prefix("inet:").or_else(|| s.strip_prefix("inet6:")) {
             addr.parse().map(ListenAddr::Inet).map_err(|_| {
-                format!("invalid inet address \"{addr}\" (write inet:127.0.0.1:8891 or inet:[::1]:8891)")
+                format!(
+                    "invalid inet address \"{addr}\" (write inet:127.0.0.1:8891 or inet:[::1]:8891)"
+                )
             })
         } else {
             Err(format!(
@@ -119,7 +121,9 @@ impl fmt::Display for ListenAddr {
 
 impl<'de> Deserialize<'de> for ListenAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -172,8 +176,15 @@ mod tests {
             "inet:127.0.0.1:8891".parse::<ListenAddr>().unwrap(),
             ListenAddr::Inet("127.0.0.1:8891".parse().unwrap())
         );
-        assert!(matches!("inet:[::1]:8891".parse::<ListenAddr>().unwrap(), ListenAddr::Inet(a) if a.is_ipv6()));
-        for bad in ["unix:relative.sock", "inet:localhost", "tcp:1.2.3.4:5", "/run/x.sock"] {
+        assert!(
+            matches!("inet:[::1]:8891".parse::<ListenAddr>().unwrap(), ListenAddr::Inet(a) if a.is_ipv6())
+        );
+        for bad in [
+            "unix:relative.sock",
+            "inet:localhost",
+            "tcp:1.2.3.4:5",
+            "/run/x.sock",
+        ] {
             assert!(bad.parse::<ListenAddr>().is_err(), "{bad}");
         }
     }

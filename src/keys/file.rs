@@ -30,7 +30,10 @@ pub fn stamp(path: &Path) -> Result<FileStamp, KeyError> {
 }
 
 /// Reads the key file, refusing one that group or others can read or write when `require_safe`.
-pub fn read_key_file(path: &Path, require_safe: bool) -> Result<(Zeroizing<Vec<u8>>, FileStamp), KeyError> {
+pub fn read_key_file(
+    path: &Path,
+    require_safe: bool,
+) -> Result<(Zeroizing<Vec<u8>>, FileStamp), KeyError> {
     let before = stamp(path)?;
     let meta = std::fs::metadata(path).map_err(|e| KeyError::io(path, &e))?;
     if !meta.is_file() {

@@ -67,7 +67,10 @@ pub fn zone_record(domain: &str, selector: &str, key: &PrivateKey) -> String {
         .chunks(255)
         .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
         .collect();
-    format!("{selector}._domainkey.{domain}. IN TXT ( {} )", parts.join(" "))
+    format!(
+        "{selector}._domainkey.{domain}. IN TXT ( {} )",
+        parts.join(" ")
+    )
 }
 
 /// Writes `dir/domain/selector.key` (mode 0600, never overwriting) and `dir/domain/selector.dns`
@@ -91,7 +94,13 @@ pub fn write_key_files(
         .open(&key_path)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                std::io::Error::new(e.kind(), format!("{} already exists; not overwriting a key", key_path.display()))
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} already exists; not overwriting a key",
+                        key_path.display()
+                    ),
+                )
             } else {
                 e
             }
@@ -112,16 +121,24 @@ mod tests {
     fn writes_private_key_0600_and_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let generated = generate(KeyKind::Ed25519).unwrap();
-        let (key_path, dns_path) = write_key_files(dir.path(), "example.com", "s1", &generated).unwrap();
+        let (key_path, dns_path) =
+            write_key_files(dir.path(), "example.com", "s1", &generated).unwrap();
         let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let back = parse_private_key(&std::fs::read(&key_path).unwrap()).unwrap();
         assert_eq!(back.public_key_base64(), generated.key.public_key_base64());
-        assert_eq!(std::fs::read_to_string(dns_path).unwrap().trim(), generated.key.dns_record());
+        assert_eq!(
+            std::fs::read_to_string(dns_path).unwrap().trim(),
+            generated.key.dns_record()
+        );
         let again = generate(KeyKind::Ed25519).unwrap();
         assert!(write_key_files(dir.path(), "example.com", "s1", &again).is_err());
         let still = parse_private_key(&std::fs::read(&key_path).unwrap()).unwrap();
-        assert_eq!(still.public_key_base64(), generated.key.public_key_base64(), "old key untouched");
+        assert_eq!(
+            still.public_key_base64(),
+            generated.key.public_key_base64(),
+            "old key untouched"
+        );
     }
 
     #[test]

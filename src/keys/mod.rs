@@ -26,7 +26,10 @@ pub enum KeyError {
     )]
     UnsafePermissions { path: PathBuf, mode: u32 },
     #[error("{origin}: {error}")]
-    Parse { origin: String, error: KeyParseError },
+    Parse {
+        origin: String,
+        error: KeyParseError,
+    },
     #[error("{0}: this key source is not available in this version of signet-milter")]
     Unsupported(String),
 }
@@ -155,16 +158,30 @@ mod tests {
         let source = ResolvedKeySource::File(path.clone());
         let a = store.get(&source).await.unwrap();
         let b = store.get(&source).await.unwrap();
-        assert!(Arc::ptr_eq(&a, &b), "second lookup is served from the cache");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "second lookup is served from the cache"
+        );
         assert_eq!(a.public_key_base64(), &*first);
 
         // Replace the file (new inode, as `mv` or an editor does) and let the recheck interval pass.
         let tmp = dir.path().join("new.key");
         let second = write_key(&tmp, KeyKind::Ed25519, 0o600);
         std::fs::rename(&tmp, &path).unwrap();
-        store.lock().get_mut(&source).unwrap().file.as_mut().unwrap().1 -= FILE_RECHECK_INTERVAL;
+        store
+            .lock()
+            .get_mut(&source)
+            .unwrap()
+            .file
+            .as_mut()
+            .unwrap()
+            .1 -= FILE_RECHECK_INTERVAL;
         let c = store.get(&source).await.unwrap();
-        assert_eq!(c.public_key_base64(), &*second, "a replaced file is picked up without reload");
+        assert_eq!(
+            c.public_key_base64(),
+            &*second,
+            "a replaced file is picked up without reload"
+        );
     }
 
     #[tokio::test]
@@ -174,7 +191,10 @@ mod tests {
         write_key(&path, KeyKind::Ed25519, 0o640);
         let source = ResolvedKeySource::File(path.clone());
         let err = KeyStore::new(true).get(&source).await.unwrap_err();
-        assert!(matches!(err, KeyError::UnsafePermissions { mode: 0o640, .. }), "{err}");
+        assert!(
+            matches!(err, KeyError::UnsafePermissions { mode: 0o640, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("chmod 600"));
         assert!(KeyStore::new(false).get(&source).await.is_ok());
     }
@@ -184,9 +204,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = ResolvedKeySource::File(dir.path().join("nope.key"));
         let err = KeyStore::new(true).get(&missing).await.unwrap_err();
-        assert!(err.to_string().ends_with("nope.key: does not exist"), "{err}");
+        assert!(
+            err.to_string().ends_with("nope.key: does not exist"),
+            "{err}"
+        );
 
-        let secretish = "-----BEGIN PRIVATE KEY-----\nTUlJQ1NFQ1JFVA==\n-----END PRIVATE KEY-----\n";
+        let secretish =
+            "-----BEGIN PRIVATE KEY-----\nTUlJQ1NFQ1JFVA==\n-----END PRIVATE KEY-----\n";
         let data = ResolvedKeySource::Data(crate::keysource::KeyData::new(secretish.into()));
         let err = KeyStore::new(true).get(&data).await.unwrap_err();
         let shown = format!("{err} {err:?}");
@@ -199,6 +223,10 @@ mod tests {
         let pem = include_bytes!("../../tests/fixtures/rsa512-insecure-test-only.pem");
         let data = ResolvedKeySource::Data(crate::keysource::KeyData::new(pem.to_vec()));
         let err = KeyStore::new(true).get(&data).await.unwrap_err();
-        assert!(err.to_string().contains("RSA key is smaller than 2048 bits"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("RSA key is smaller than 2048 bits"),
+            "{err}"
+        );
     }
 }

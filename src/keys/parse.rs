@@ -102,9 +102,17 @@ pub fn parse_private_key(bytes: &[u8]) -> Result<PrivateKey, KeyParseError> {
             })?;
             from_der(Zeroizing::new(der))
         }
-        Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) => {
+        Some(t)
+            if !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) =>
+        {
             let compact: Zeroizing<String> = Zeroizing::new(t.split_whitespace().collect());
-            let decoded = Zeroizing::new(BASE64.decode(compact.as_bytes()).map_err(|_| KeyParseError::NotAKey)?);
+            let decoded = Zeroizing::new(
+                BASE64
+                    .decode(compact.as_bytes())
+                    .map_err(|_| KeyParseError::NotAKey)?,
+            );
             if decoded.len() == 32 {
                 return from_ed25519_seed(&decoded);
             }
@@ -118,9 +126,9 @@ pub fn parse_private_key(bytes: &[u8]) -> Result<PrivateKey, KeyParseError> {
 fn from_raw_der(der: &[u8]) -> Result<PrivateKey, KeyParseError> {
     let pkcs8 = Zeroizing::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec())));
     match from_der(pkcs8) {
-        Err(KeyParseError::NotAKey) => {
-            from_der(Zeroizing::new(PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der.to_vec()))))
-        }
+        Err(KeyParseError::NotAKey) => from_der(Zeroizing::new(PrivateKeyDer::Pkcs1(
+            PrivatePkcs1KeyDer::from(der.to_vec()),
+        ))),
         other => other,
     }
 }
@@ -136,10 +144,14 @@ fn from_der(der: Zeroizing<PrivateKeyDer<'static>>) -> Result<PrivateKey, KeyPar
             let bytes = pkcs8.secret_pkcs8_der();
             match aws_lc_rs::rsa::KeyPair::from_pkcs8(bytes).map_err(rsa_rejected) {
                 Ok(pair) => return rsa(pair, &der),
-                Err(e @ (KeyParseError::RsaTooSmall | KeyParseError::RsaTooLarge)) => return Err(e),
+                Err(e @ (KeyParseError::RsaTooSmall | KeyParseError::RsaTooLarge)) => {
+                    return Err(e);
+                }
                 Err(_) => {}
             }
-            if let Ok(pair) = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(bytes) {
+            if let Ok(pair) =
+                aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(bytes)
+            {
                 let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(bytes)
                     .map_err(|e| KeyParseError::Invalid(e.to_string()))?;
                 return Ok(ed25519(key, pair.public_key().as_ref()));
@@ -167,7 +179,10 @@ fn rsa_rejected(e: aws_lc_rs::error::KeyRejected) -> KeyParseError {
     }
 }
 
-fn rsa(pair: aws_lc_rs::rsa::KeyPair, der: &PrivateKeyDer<'static>) -> Result<PrivateKey, KeyParseError> {
+fn rsa(
+    pair: aws_lc_rs::rsa::KeyPair,
+    der: &PrivateKeyDer<'static>,
+) -> Result<PrivateKey, KeyParseError> {
     let bits = pair.public_modulus_len() * 8;
     let spki = pair
         .public_key()
@@ -218,10 +233,19 @@ mod tests {
             let pem = generated.private_pem();
             let der = pem_to_der(&pem);
             let b64 = BASE64.encode(&der);
-            for (what, bytes) in [("pem", pem.as_bytes().to_vec()), ("der", der.clone()), ("base64", b64.into_bytes())] {
-                let key = parse_private_key(&bytes).unwrap_or_else(|e| panic!("{kind:?} {what}: {e}"));
+            for (what, bytes) in [
+                ("pem", pem.as_bytes().to_vec()),
+                ("der", der.clone()),
+                ("base64", b64.into_bytes()),
+            ] {
+                let key =
+                    parse_private_key(&bytes).unwrap_or_else(|e| panic!("{kind:?} {what}: {e}"));
                 assert_eq!(key.algo(), generated.key.algo(), "{kind:?} {what}");
-                assert_eq!(key.public_key_base64(), generated.key.public_key_base64(), "{kind:?} {what}");
+                assert_eq!(
+                    key.public_key_base64(),
+                    generated.key.public_key_base64(),
+                    "{kind:?} {what}"
+                );
             }
         }
     }
@@ -262,14 +286,29 @@ mod tests {
 
     #[test]
     fn refuses_garbage_small_and_foreign_keys() {
-        assert_eq!(parse_private_key(b"hello world").unwrap_err(), KeyParseError::NotAKey);
-        assert_eq!(parse_private_key(&[0x30, 0x03, 0x02, 0x01, 0x00]).unwrap_err(), KeyParseError::NotAKey);
+        assert_eq!(
+            parse_private_key(b"hello world").unwrap_err(),
+            KeyParseError::NotAKey
+        );
+        assert_eq!(
+            parse_private_key(&[0x30, 0x03, 0x02, 0x01, 0x00]).unwrap_err(),
+            KeyParseError::NotAKey
+        );
         assert_eq!(parse_private_key(b"").unwrap_err(), KeyParseError::NotAKey);
-        let ec = aws_lc_rs::signature::EcdsaKeyPair::generate(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let ec = aws_lc_rs::signature::EcdsaKeyPair::generate(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        )
+        .unwrap();
         let ec_der = ec.to_pkcs8v1().unwrap();
-        assert_eq!(parse_private_key(ec_der.as_ref()).unwrap_err(), KeyParseError::Unsupported("ECDSA"));
+        assert_eq!(
+            parse_private_key(ec_der.as_ref()).unwrap_err(),
+            KeyParseError::Unsupported("ECDSA")
+        );
         let small = include_bytes!("../../tests/fixtures/rsa512-insecure-test-only.pem");
-        assert_eq!(parse_private_key(small).unwrap_err(), KeyParseError::RsaTooSmall);
+        assert_eq!(
+            parse_private_key(small).unwrap_err(),
+            KeyParseError::RsaTooSmall
+        );
     }
 
     #[test]
@@ -278,7 +317,10 @@ mod tests {
         assert!(ed.check_algo(Some(Algo::Ed25519Sha256)).is_ok());
         assert!(ed.check_algo(None).is_ok());
         let err = ed.check_algo(Some(Algo::RsaSha256)).unwrap_err();
-        assert_eq!(err.to_string(), "the key is ed25519-sha256 but the configuration says algo = rsa-sha256");
+        assert_eq!(
+            err.to_string(),
+            "the key is ed25519-sha256 but the configuration says algo = rsa-sha256"
+        );
     }
 
     #[test]

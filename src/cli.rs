@@ -1,0 +1,269 @@
+//! The command line: `run` (the default), `check`, `sign`, `keygen`.
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::keys::generate::{KeyKind, generate, write_key_files, zone_record};
+use crate::policy::{self, ClientAddr, Origin};
+use crate::runtime::Runtime;
+use crate::server;
+use crate::session::{HeadersDecision, MessageSession};
+use anyhow::{Context as _, bail};
+use arc_swap::ArcSwap;
+use clap::{Parser, Subcommand};
+use std::io::{Read as _, Write as _};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "signet-milter",
+    version,
+    about = "DKIM signing milter for Postfix and Sendmail"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(short, long, global = true, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the milter (the default).
+    Run,
+    /// Validate the configuration and try every key; exit 1 on any problem.
+    Check,
+    /// Sign the message on stdin by the configured rules and write it to stdout.
+    Sign {
+        /// The client address the message came from (default: a local submission).
+        #[arg(long)]
+        client_ip: Option<IpAddr>,
+        /// Treat the message as sent by this SMTP-authenticated user.
+        #[arg(long)]
+        auth: Option<String>,
+    },
+    /// Generate a key pair: DIR/DOMAIN/SELECTOR.key (mode 0600) and .dns; print the DNS record.
+    Keygen {
+        #[arg(long, value_enum)]
+        algo: KeyKind,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        /// Key directory (the layout matches the default `[keys] directory`).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::Check => check(&cli.config),
+        Command::Sign { client_ip, auth } => sign(&cli.config, client_ip, auth),
+        Command::Keygen {
+            algo,
+            domain,
+            selector,
+            out,
+        } => keygen(algo, &domain, &selector, &out),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("signet-milter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime_builder() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNET_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    init_logging(&config.log.level);
+    for w in &config.signing.warnings {
+        tracing::warn!("{w}");
+    }
+    if config.signing.is_empty() {
+        tracing::warn!("no [domain] or [signature] entries: nothing will be signed");
+    }
+    let runtime = Runtime::new(config);
+    runtime_builder()?.block_on(async move {
+        // Load every key once at startup: problems show in the log now, not on the first message.
+        for status in crate::check::key_statuses(&runtime).await {
+            if let Err(e) = &status.status {
+                tracing::warn!(entry = %status.entry, "key not usable yet: {e}");
+            }
+        }
+        let listener = server::bind(&runtime.config.milter).await?;
+        let listen = runtime.config.milter.listen.clone();
+        let shared = Arc::new(ArcSwap::from_pointee(runtime));
+        server::spawn_reload_on_sighup(config_path.to_owned(), shared.clone())?;
+        tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), "signet-milter listening");
+        server::serve(listener, shared, server::termination()).await?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    println!("{}: configuration ok", config_path.display());
+    for w in &config.signing.warnings {
+        println!("warning: {w}");
+    }
+    let runtime = Runtime::new(config);
+    let statuses = runtime_builder()?.block_on(crate::check::key_statuses(&runtime));
+    if statuses.is_empty() {
+        println!("no signing entries: nothing will be signed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 5]> = statuses
+        .iter()
+        .map(|s| {
+            [
+                s.domain.clone(),
+                s.selector.clone(),
+                s.algorithm.clone(),
+                s.source.clone(),
+                match &s.status {
+                    Ok(text) => text.to_string(),
+                    Err(e) => format!("ERROR: {e}"),
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &["DOMAIN", "SELECTOR", "ALGORITHM", "SOURCE", "STATUS"],
+        &rows,
+    );
+    let failed = statuses.iter().filter(|s| s.status.is_err()).count();
+    if failed > 0 {
+        println!("{failed} of {} keys not usable", statuses.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(header: &[&str; 5], rows: &[[String; 5]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i == 4 {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(*header);
+    for row in rows {
+        line(row.each_ref().map(String::as_str));
+    }
+}
+
+fn sign(
+    config_path: &Path,
+    client_ip: Option<IpAddr>,
+    auth: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    init_logging(&config.log.level);
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut raw)
+        .context("cannot read the message from stdin")?;
+    let origin = Origin {
+        client: client_ip.map_or(ClientAddr::Local, ClientAddr::Ip),
+        auth_type: auth.as_ref().map(|_| "PLAIN".to_string()),
+        auth_user: auth,
+        daemon_name: None,
+    };
+    let runtime = Arc::new(Runtime::new(config));
+    let mut stdout = std::io::stdout().lock();
+    let Some(trust) = policy::may_sign(&runtime.config.milter, &origin) else {
+        eprintln!(
+            "not signed: client {} is neither trusted nor authenticated",
+            origin.client
+        );
+        stdout.write_all(&raw)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let message = crate::message::RawMessage::split(&raw);
+    let mut session = MessageSession::new(runtime.clone(), true);
+    for (name, value) in &message.headers {
+        session.add_header(name, value);
+    }
+    let decision = runtime_builder()?.block_on(session.end_of_headers());
+    match decision {
+        HeadersDecision::Sign => {}
+        HeadersDecision::Skip(reason) => {
+            eprintln!("not signed ({trust}): {reason}");
+            stdout.write_all(&raw)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        HeadersDecision::Refuse(failure) => bail!("not signed: {failure}"),
+    }
+    for chunk in message.body.chunks(64 * 1024) {
+        session.body_chunk(chunk);
+    }
+    let outcome = session.finish();
+    if let Some(failure) = outcome.refusal {
+        bail!("not signed: {failure}");
+    }
+    for failure in &outcome.accepted_failures {
+        eprintln!("signature left out: {failure}");
+    }
+    let eol: &str = if message.uses_crlf { "\r\n" } else { "\n" };
+    // Each signature goes on top, as the milter inserts them at index 0.
+    for signed in outcome.signed.iter().rev() {
+        write!(
+            stdout,
+            "DKIM-Signature:{}{eol}",
+            signed.value.replace('\n', eol)
+        )?;
+    }
+    stdout.write_all(&raw)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(kind: KeyKind, domain: &str, selector: &str, out: &Path) -> anyhow::Result<ExitCode> {
+    let domain = crate::config::normalize_domain(domain).map_err(anyhow::Error::msg)?;
+    let generated = generate(kind)?;
+    let (key_path, dns_path) = write_key_files(out, &domain, selector, &generated)
+        .with_context(|| format!("cannot write the key under {}", out.display()))?;
+    eprintln!("private key: {} (mode 0600)", key_path.display());
+    eprintln!(
+        "DNS record:  {} (publish it before signing with this selector)",
+        dns_path.display()
+    );
+    println!("{}", zone_record(&domain, selector, &generated.key));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,248 @@
+//! The milter protocol side: thin indymilter callbacks that hand each stage of a message to a
+//! [`MessageSession`], plus the one log line per message.
+
+use crate::policy::{self, ClientAddr, Origin};
+use crate::runtime::Runtime;
+use crate::session::{Failure, HeadersDecision, MessageSession};
+use arc_swap::ArcSwap;
+use indymilter::{
+    Actions, Callbacks, Context, ContextActions as _, EomContext, MacroStage, Macros,
+    NegotiateContext, ProtoOpts, SetErrorReply as _, SocketInfo, Status,
+};
+use std::ffi::{CStr, CString};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// Macros requested per stage. Postfix starts from an empty list when a milter asks, so every
+/// stage lists everything it needs.
+const MACROS: &[(MacroStage, &str)] = &[
+    (
+        MacroStage::Connect,
+        "j {daemon_name} {client_addr} {client_name}",
+    ),
+    (MacroStage::Mail, "i {auth_type} {auth_authen} {mail_addr}"),
+    (MacroStage::Data, "i"),
+    (MacroStage::Eoh, "i"),
+    (MacroStage::Eom, "i"),
+];
+
+/// Per connection: who the client is, and the message under way.
+pub struct Connection {
+    leading_space: bool,
+    client: ClientAddr,
+    message: Option<Message>,
+}
+
+struct Message {
+    session: MessageSession,
+    /// Why it may be signed, for the log line.
+    trust: policy::Trust,
+}
+
+/// The callbacks of a signing milter reading its rules from `runtime`.
+pub fn callbacks(runtime: Arc<ArcSwap<Runtime>>) -> Callbacks<Connection> {
+    let on_mail = runtime.clone();
+    Callbacks::new()
+        .on_negotiate(|cx, _actions, opts| Box::pin(negotiate(cx, opts)))
+        .on_connect(|cx, _hostname, socket| Box::pin(connect(cx, socket)))
+        .on_mail(move |cx, args| {
+            let runtime = on_mail.load_full();
+            Box::pin(mail(cx, runtime, args))
+        })
+        .on_header(|cx, name, value| Box::pin(header(cx, name, value)))
+        .on_eoh(|cx| Box::pin(eoh(cx)))
+        .on_body(|cx, chunk| Box::pin(body(cx, chunk)))
+        .on_eom(|cx| Box::pin(eom(cx)))
+        .on_abort(|cx| Box::pin(abort(cx)))
+        .on_close(|cx| Box::pin(close(cx)))
+}
+
+async fn negotiate(cx: &mut NegotiateContext<Connection>, offered: ProtoOpts) -> Status {
+    // Header values with their leading space let the header section be rebuilt byte for byte,
+    // which `simple` header canonicalization needs.
+    let leading_space = offered.contains(ProtoOpts::LEADING_SPACE);
+    if leading_space {
+        cx.requested_opts |= ProtoOpts::LEADING_SPACE;
+    }
+    cx.requested_actions |= Actions::ADD_HEADER;
+    for (stage, names) in MACROS {
+        cx.requested_macros.insert(
+            *stage,
+            CString::new(*names).expect("macro names have no NUL"),
+        );
+    }
+    cx.data = Some(Connection {
+        leading_space,
+        client: ClientAddr::Unknown,
+        message: None,
+    });
+    Status::Continue
+}
+
+async fn connect(cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
+    let client = match socket {
+        SocketInfo::Inet(addr) => ClientAddr::Ip(addr.ip()),
+        // No network peer: a local submission (Sendmail's command line, a unix-socket listener).
+        SocketInfo::Unix(_) | SocketInfo::Unknown => macro_str(&cx.macros, c"{client_addr}")
+            .and_then(|a| a.parse().ok())
+            .map_or(ClientAddr::Local, ClientAddr::Ip),
+    };
+    if let Some(conn) = cx.data.as_mut() {
+        conn.client = client;
+    }
+    Status::Continue
+}
+
+async fn mail(cx: &mut Context<Connection>, runtime: Arc<Runtime>, args: Vec<CString>) -> Status {
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Tempfail;
+    };
+    conn.message = None;
+    let origin = Origin {
+        client: conn.client.clone(),
+        auth_user: macro_str(&cx.macros, c"{auth_authen}"),
+        auth_type: macro_str(&cx.macros, c"{auth_type}"),
+        daemon_name: macro_str(&cx.macros, c"{daemon_name}"),
+    };
+    match policy::may_sign(&runtime.config.milter, &origin) {
+        Some(trust) => {
+            conn.message = Some(Message {
+                session: MessageSession::new(runtime, conn.leading_space),
+                trust,
+            });
+            Status::Continue
+        }
+        None => {
+            // Tell the MTA now, so it does not stream the message to us for nothing.
+            let sender = args
+                .first()
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            info!(
+                queue_id = %queue_id(&cx.macros),
+                client = %origin.client,
+                sender = %sender,
+                result = "not-signed",
+                "not signed: client is neither trusted nor authenticated"
+            );
+            Status::Accept
+        }
+    }
+}
+
+async fn header(cx: &mut Context<Connection>, name: CString, value: CString) -> Status {
+    if let Some(message) = cx.data.as_mut().and_then(|c| c.message.as_mut()) {
+        message
+            .session
+            .add_header(name.as_bytes(), value.as_bytes());
+    }
+    Status::Continue
+}
+
+async fn eoh(cx: &mut Context<Connection>) -> Status {
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    let Some(message) = conn.message.as_mut() else {
+        return Status::Continue;
+    };
+    match message.session.end_of_headers().await {
+        HeadersDecision::Sign => Status::Continue,
+        HeadersDecision::Skip(reason) => {
+            info!(queue_id = %queue_id(&cx.macros), trust = %message.trust, result = "not-signed", "not signed: {reason}");
+            conn.message = None;
+            Status::Accept
+        }
+        HeadersDecision::Refuse(failure) => {
+            conn.message = None;
+            refuse(&queue_id(&cx.macros), &mut cx.reply, &failure)
+        }
+    }
+}
+
+async fn body(cx: &mut Context<Connection>, chunk: bytes::Bytes) -> Status {
+    if let Some(message) = cx.data.as_mut().and_then(|c| c.message.as_mut()) {
+        message.session.body_chunk(&chunk);
+    }
+    Status::Continue
+}
+
+async fn eom(cx: &mut EomContext<Connection>) -> Status {
+    let Some(message) = cx.data.as_mut().and_then(|c| c.message.take()) else {
+        return Status::Continue;
+    };
+    let queue_id = queue_id(&cx.macros);
+    let outcome = message.session.finish();
+    if let Some(failure) = &outcome.refusal {
+        return refuse(&queue_id, &mut cx.reply, failure);
+    }
+    for signed in &outcome.signed {
+        // RFC 6376 §5.6: above any existing DKIM-Signature; index 0 is the top of the header.
+        if let Err(e) = cx
+            .actions
+            .insert_header(0, "DKIM-Signature", signed.value.as_str())
+            .await
+        {
+            warn!(queue_id = %queue_id, error = %e, "could not add the DKIM-Signature header");
+            return Status::Tempfail;
+        }
+    }
+    let signatures: Vec<String> = outcome
+        .signed
+        .iter()
+        .map(|s| format!("{}/{} ({})", s.domain, s.selector, s.algo))
+        .collect();
+    for failure in &outcome.accepted_failures {
+        warn!(queue_id = %queue_id, "signature left out: {failure}");
+    }
+    let result = if outcome.signed.is_empty() {
+        "not-signed"
+    } else {
+        "signed"
+    };
+    info!(
+        queue_id = %queue_id,
+        trust = %message.trust,
+        result,
+        signatures = %signatures.join(", "),
+        failed = outcome.accepted_failures.len(),
+        "{result}"
+    );
+    Status::Continue
+}
+
+async fn abort(cx: &mut Context<Connection>) -> Status {
+    if let Some(conn) = cx.data.as_mut() {
+        conn.message = None;
+    }
+    Status::Continue
+}
+
+async fn close(cx: &mut Context<Connection>) -> Status {
+    cx.data = None;
+    Status::Continue
+}
+
+/// Applies a refusing failure: logs it in full, tells the MTA only what is safe to say.
+fn refuse(queue_id: &str, reply: &mut indymilter::SmtpReply, failure: &Failure) -> Status {
+    warn!(queue_id = %queue_id, result = %failure.action, "not signed: {failure}");
+    let (code, enhanced, text) = failure.smtp_reply();
+    // The text is ours, short and single-line; should the MTA reject it, its default reply stands.
+    let _ = reply.set_error_reply(code, Some(enhanced), [text]);
+    match failure.action {
+        crate::config::OnError::Reject => Status::Reject,
+        crate::config::OnError::Tempfail => Status::Tempfail,
+        crate::config::OnError::Accept => Status::Accept,
+    }
+}
+
+fn macro_str(macros: &Macros, name: &CStr) -> Option<String> {
+    macros
+        .get(name)
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn queue_id(macros: &Macros) -> String {
+    macro_str(macros, c"i").unwrap_or_else(|| "-".into())
+}
