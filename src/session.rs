@@ -202,10 +202,13 @@ impl MessageSession {
         if let Some(failure) = refusal {
             return HeadersDecision::Refuse(failure);
         }
-        if let Err(reason) = &author
-            && streams.is_empty()
-        {
-            return HeadersDecision::Skip(format!("{reason}; no signature could be made"));
+        if streams.is_empty() {
+            // Every signature failed with on_error = accept: say why, then let the message pass.
+            let reasons: Vec<String> = accepted_failures.iter().map(ToString::to_string).collect();
+            return HeadersDecision::Skip(format!(
+                "no signature could be made: {}",
+                reasons.join("; ")
+            ));
         }
         self.state = State::Signing {
             streams,

@@ -1,0 +1,336 @@
+//! Shared test harness: a signet-milter served in-process on a unix socket, an MTA-side client
+//! (indymilter-test), and two independent verifiers (mail-auth with injected keys, and Python
+//! dkimpy through `tests/verify_dkim.py`).
+#![allow(dead_code)]
+
+use arc_swap::ArcSwap;
+use indymilter::{Actions, MacroStage, ProtoOpts};
+use indymilter_test::{EomAction, Status, TestConnection};
+use mail_auth::dkim::DomainKey;
+use mail_auth::dns::{DnsCache, NoCache, ResolverCache, TxtRecord, TxtRecordParser as _};
+use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters};
+use signet_milter::config::Config;
+use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
+use signet_milter::runtime::Runtime;
+use signet_milter::server;
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+pub struct TestMilter {
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestMilter {
+    /// Keys to generate first, as `(domain, selector, kind)`.
+    pub async fn start(keys: &[(&str, &str, KeyKind)], milter_extra: &str, table: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (domain, selector, kind) in keys {
+            let generated = generate(*kind).unwrap();
+            write_key_files(&dir.path().join("keys"), domain, selector, &generated).unwrap();
+        }
+        let socket = dir.path().join("milter.sock");
+        let text = format!(
+            "[milter]\nlisten = \"unix:{}\"\ntrusted_networks = [\"127.0.0.0/8\", \"::1/128\"]\n{milter_extra}\n\
+             [keys]\ndirectory = \"{}\"\n{table}",
+            socket.display(),
+            dir.path().join("keys").display()
+        );
+        let config_path = dir.path().join("signet-milter.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config: {e}"));
+        let listener = server::bind(&config.milter).await.unwrap();
+        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config)));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, runtime.clone(), async move {
+            let _ = rx.await;
+        }));
+        TestMilter {
+            dir,
+            socket,
+            runtime,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    /// A connection as Postfix opens it: every action and option offered, header values
+    /// passed verbatim (leading space included).
+    pub async fn connect(&self, client: IpAddr) -> TestConnection {
+        let mut conn = TestConnection::configure()
+            .available_actions(Actions::all())
+            .available_opts(ProtoOpts::all())
+            .exact_leading_space(true)
+            .open_unix(&self.socket)
+            .await
+            .unwrap();
+        assert!(conn.negotiated_opts().contains(ProtoOpts::LEADING_SPACE));
+        assert_eq!(
+            conn.connect("client.example", client).await.unwrap(),
+            Status::Continue
+        );
+        conn
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        assert!(!self.socket.exists(), "the socket is removed on shutdown");
+    }
+}
+
+/// A message as an MTA passes it: header values verbatim (folded with LF), CRLF body.
+#[derive(Clone)]
+pub struct Message {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Message {
+    pub fn simple(from: &str) -> Self {
+        Message {
+            headers: vec![
+                ("From".into(), format!(" {from}")),
+                ("To".into(), " bob@example.net".into()),
+                ("Subject".into(), " test message".into()),
+                ("Date".into(), " Sun, 22 Nov 2026 10:00:00 +0000".into()),
+                ("Message-ID".into(), " <1@example.com>".into()),
+            ],
+            body: b"Hello,\r\n\r\nthis is a test.\r\n".to_vec(),
+        }
+    }
+
+    /// The message as delivered: inserted headers on top, then the original, CRLF throughout.
+    pub fn delivered(&self, inserted: &[(String, String)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in inserted.iter().chain(&self.headers) {
+            out.extend_from_slice(name.as_bytes());
+            out.push(b':');
+            out.extend_from_slice(value.replace("\r\n", "\n").replace('\n', "\r\n").as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// What the milter did with one message.
+pub struct Sent {
+    pub status: Status,
+    /// Headers inserted, top first (as they end up in the delivered message).
+    pub inserted: Vec<(String, String)>,
+    /// The stage that ended the exchange early, if any.
+    pub stopped_at: Option<&'static str>,
+}
+
+/// Runs one message through an open connection, stopping where the milter stops it.
+pub async fn send(
+    conn: &mut TestConnection,
+    mail_macros: &[(&str, &str)],
+    message: &Message,
+) -> Sent {
+    let mut macros: Vec<(&str, &str)> = vec![("i", "QUEUE1")];
+    macros.extend_from_slice(mail_macros);
+    conn.macros(MacroStage::Mail, macros).await.unwrap();
+    let status = conn.mail(["<sender@example.com>"]).await.unwrap();
+    if status != Status::Continue {
+        return Sent {
+            status,
+            inserted: vec![],
+            stopped_at: Some("mail"),
+        };
+    }
+    for (name, value) in &message.headers {
+        let status = conn.header(name.as_str(), value.as_str()).await.unwrap();
+        assert_eq!(status, Status::Continue);
+    }
+    let status = conn.eoh().await.unwrap();
+    if status != Status::Continue {
+        return Sent {
+            status,
+            inserted: vec![],
+            stopped_at: Some("eoh"),
+        };
+    }
+    if !message.body.is_empty() {
+        let status = conn.body(message.body.clone()).await.unwrap();
+        assert_eq!(status, Status::Continue);
+    }
+    let (actions, status) = conn.eom().await.unwrap();
+    let mut inserted = Vec::new();
+    for action in actions.actions {
+        match action {
+            EomAction::InsertHeader { index, name, value } => {
+                assert_eq!(index, 0, "signatures go on top");
+                let header = (name.into_string().unwrap(), value.into_string().unwrap());
+                inserted.insert(0, header);
+            }
+            other => panic!("unexpected action {other:?}"),
+        }
+    }
+    Sent {
+        status,
+        inserted,
+        stopped_at: None,
+    }
+}
+
+pub fn loopback() -> IpAddr {
+    "127.0.0.1".parse().unwrap()
+}
+
+/// In-memory DNS for mail-auth's verifier: only the TXT records we publish.
+#[derive(Default)]
+pub struct KeyTable(Mutex<HashMap<Box<str>, TxtRecord>>);
+
+impl ResolverCache<Box<str>, TxtRecord> for KeyTable {
+    fn get<Q>(&self, name: &Q) -> Option<TxtRecord>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0.lock().unwrap().get(name).cloned()
+    }
+    fn remove<Q>(&self, name: &Q) -> Option<TxtRecord>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0.lock().unwrap().remove(name)
+    }
+    fn insert(&self, key: Box<str>, value: TxtRecord, _: Instant) {
+        self.0.lock().unwrap().insert(key, value);
+    }
+}
+
+impl DnsCache for KeyTable {
+    type Txt = KeyTable;
+    type Mx = NoCache;
+    type Ipv4 = NoCache;
+    type Ipv6 = NoCache;
+    type Ptr = NoCache;
+    fn txt(&self) -> Option<&KeyTable> {
+        Some(self)
+    }
+    fn mx(&self) -> Option<&NoCache> {
+        None
+    }
+    fn ipv4(&self) -> Option<&NoCache> {
+        None
+    }
+    fn ipv6(&self) -> Option<&NoCache> {
+        None
+    }
+    fn ptr(&self) -> Option<&NoCache> {
+        None
+    }
+}
+
+impl KeyTable {
+    /// Every `DIR/domain/selector.dns` written by keygen.
+    pub fn from_dir(dir: &Path) -> Self {
+        let table = KeyTable::default();
+        for domain in std::fs::read_dir(dir).unwrap() {
+            let domain = domain.unwrap();
+            for file in std::fs::read_dir(domain.path()).unwrap() {
+                let path = file.unwrap().path();
+                if path.extension().is_some_and(|e| e == "dns") {
+                    let selector = path.file_stem().unwrap().to_string_lossy().into_owned();
+                    let name = format!(
+                        "{selector}._domainkey.{}.",
+                        domain.file_name().to_string_lossy()
+                    );
+                    let record =
+                        DomainKey::parse(std::fs::read_to_string(&path).unwrap().trim().as_bytes())
+                            .unwrap();
+                    table.insert(name.into(), record.into(), Instant::now());
+                }
+            }
+        }
+        table
+    }
+}
+
+/// mail-auth's verdict for every signature: `(d, s, passed)`.
+pub async fn verify_mail_auth(raw: &[u8], keys: &Path) -> Vec<(String, String, bool)> {
+    let table = KeyTable::from_dir(keys);
+    let auth = MessageAuthenticator::new(
+        mail_auth::hickory_resolver::config::ResolverConfig::default(),
+        mail_auth::hickory_resolver::config::ResolverOpts::default(),
+    )
+    .unwrap();
+    let message = AuthenticatedMessage::parse(raw).expect("parsable message");
+    let outputs = auth
+        .verify_dkim(Parameters::new(&message).with_cache(&table))
+        .await;
+    outputs
+        .iter()
+        .map(|o| {
+            let sig = o.signature().expect("a parsed signature");
+            (
+                sig.d.clone(),
+                sig.s.clone(),
+                o.result() == &DkimResult::Pass,
+            )
+        })
+        .collect()
+}
+
+/// Python dkimpy's verdict (exit status of tests/verify_dkim.py), with its report.
+pub fn verify_dkimpy(raw: &[u8], keys: &Path, expect: &[(&str, &str)]) -> (bool, String) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), raw).unwrap();
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_dkim.py"))
+        .arg("--keys")
+        .arg(keys);
+    for (d, s) in expect {
+        cmd.arg("--expect").arg(format!("{d}:{s}"));
+    }
+    let out = cmd
+        .arg(file.path())
+        .output()
+        .expect("python3 with dkimpy (Debian python3-dkim) must be installed");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
+/// Both verifiers must pass every signature, and the expected ones must be there.
+pub async fn assert_verifies(raw: &[u8], keys: &Path, expect: &[(&str, &str)]) {
+    let results = verify_mail_auth(raw, keys).await;
+    assert!(!results.is_empty(), "no signature found");
+    for (d, s, pass) in &results {
+        assert!(
+            pass,
+            "mail-auth: signature d={d} s={s} does not verify\n{}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    for (d, s) in expect {
+        assert!(
+            results.iter().any(|(rd, rs, _)| rd == d && rs == s),
+            "expected signature d={d} s={s} missing: {results:?}"
+        );
+    }
+    let (ok, report) = verify_dkimpy(raw, keys, expect);
+    assert!(ok, "dkimpy verification failed:\n{report}");
+}
