@@ -71,6 +71,12 @@ impl fmt::Debug for VaultToken {
         f.write_str("VaultToken([REDACTED])")
     }
 }
+impl<'de> Deserialize<'de> for VaultToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|t| VaultToken(t.into()))
+    }
+}
+
 impl PartialEq for VaultToken {
     fn eq(&self, other: &Self) -> bool {
         self.0.expose_secret() == other.0.expose_secret()

@@ -99,7 +99,7 @@ pub struct LogSettings {
 #[serde(deny_unknown_fields)]
 pub struct VaultSettings {
     pub address: Option<String>,
-    pub token: Option<String>,
+    pub token: Option<crate::keysource::VaultToken>,
     pub token_file: Option<PathBuf>,
     pub namespace: Option<String>,
     pub ca_cert: Option<PathBuf>,

@@ -397,3 +397,25 @@ fn defaults_are_safe() {
     assert!(c.keys.require_safe_permissions);
     assert_eq!(c.milter.trusted_networks.len(), 2);
 }
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let c = load(
+        r#"
+        [vault]
+        token = "hvs.SECRET-TOKEN"
+        [domain."a.example"]
+        selector = "s"
+        key = { vault_mount = "m", vault_path = "p", vault_token = "hvs.OTHER-SECRET" }
+        [domain."b.example"]
+        selector = "s"
+        key = { key_data = "-----BEGIN PRIVATE KEY-----\nSECRETKEYBYTES\n-----END PRIVATE KEY-----" }
+        "#,
+    )
+    .unwrap();
+    let shown = format!("{c:?}");
+    for secret in ["SECRET-TOKEN", "OTHER-SECRET", "SECRETKEYBYTES"] {
+        assert!(!shown.contains(secret), "{secret} leaked into Debug output");
+    }
+    assert!(shown.contains("REDACTED"));
+}
