@@ -154,12 +154,7 @@ async fn esp_signature_always_and_fallback_only_without_domain_block() {
 
 #[tokio::test]
 async fn outsiders_are_accepted_unsigned_at_mail_and_authenticated_users_signed() {
-    let milter = TestMilter::start(
-        &[("example.com", "s1", KeyKind::Ed25519)],
-        "",
-        "[domain.\"example.com\"]\nselector = \"s1\"\n",
-    )
-    .await;
+    let milter = TestMilter::example_com(KeyKind::Ed25519, "").await;
     let outside = "203.0.113.5".parse().unwrap();
     let message = Message::simple("alice@example.com");
 
@@ -192,12 +187,8 @@ async fn outsiders_are_accepted_unsigned_at_mail_and_authenticated_users_signed(
 
 #[tokio::test]
 async fn daemon_name_makes_a_submission_service_trusted() {
-    let milter = TestMilter::start(
-        &[("example.com", "s1", KeyKind::Ed25519)],
-        "trusted_daemon_names = [\"ORIGINATING\"]",
-        "[domain.\"example.com\"]\nselector = \"s1\"\n",
-    )
-    .await;
+    let milter =
+        TestMilter::example_com(KeyKind::Ed25519, "trusted_daemon_names = [\"ORIGINATING\"]").await;
     let outside = "203.0.113.5".parse().unwrap();
     let message = Message::simple("alice@example.com");
     let mut conn = milter.connect(outside).await;
@@ -210,12 +201,7 @@ async fn daemon_name_makes_a_submission_service_trusted() {
 
 #[tokio::test]
 async fn messages_without_a_usable_author_get_no_domain_signature() {
-    let milter = TestMilter::start(
-        &[("example.com", "s1", KeyKind::Ed25519)],
-        "",
-        "[domain.\"example.com\"]\nselector = \"s1\"\n",
-    )
-    .await;
+    let milter = TestMilter::example_com(KeyKind::Ed25519, "").await;
     let mut conn = milter.connect(loopback()).await;
     let cases: Vec<(&str, Vec<(String, String)>)> = vec![
         ("no From", vec![("Subject".into(), " x".into())]),
@@ -280,12 +266,7 @@ async fn ten_mib_body_streams_and_verifies() {
 
 #[tokio::test]
 async fn abort_mid_message_then_a_second_message_on_the_same_connection() {
-    let milter = TestMilter::start(
-        &[("example.com", "s1", KeyKind::Ed25519)],
-        "",
-        "[domain.\"example.com\"]\nselector = \"s1\"\n",
-    )
-    .await;
+    let milter = TestMilter::example_com(KeyKind::Ed25519, "").await;
     let mut conn = milter.connect(loopback()).await;
     conn.macros(indymilter::MacroStage::Mail, [("i", "Q1")])
         .await
@@ -369,12 +350,7 @@ async fn key_failures_follow_on_error_and_say_nothing_secret() {
 #[tokio::test]
 async fn a_garbage_packet_ends_only_its_own_connection() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let milter = TestMilter::start(
-        &[("example.com", "s1", KeyKind::Ed25519)],
-        "",
-        "[domain.\"example.com\"]\nselector = \"s1\"\n",
-    )
-    .await;
+    let milter = TestMilter::example_com(KeyKind::Ed25519, "").await;
     let mut good = milter.connect(loopback()).await;
 
     let mut bad = tokio::net::UnixStream::connect(&milter.socket)

@@ -11,12 +11,7 @@ use signet_milter::server;
 
 #[tokio::test]
 async fn reload_swaps_rules_between_messages_and_keeps_them_on_error() {
-    let milter = TestMilter::start(
-        &[("example.com", "s1", KeyKind::Ed25519)],
-        "",
-        "[domain.\"example.com\"]\nselector = \"s1\"\n",
-    )
-    .await;
+    let milter = TestMilter::example_com(KeyKind::Ed25519, "").await;
     let config_path = milter.dir.path().join("signet-milter.toml");
     let original = std::fs::read_to_string(&config_path).unwrap();
 

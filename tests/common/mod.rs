@@ -64,6 +64,16 @@ impl TestMilter {
         }
     }
 
+    /// The most common setup: example.com signed with selector `s1` and a key of `kind`.
+    pub async fn example_com(kind: KeyKind, milter_extra: &str) -> Self {
+        Self::start(
+            &[("example.com", "s1", kind)],
+            milter_extra,
+            "[domain.\"example.com\"]\nselector = \"s1\"\n",
+        )
+        .await
+    }
+
     pub fn keys_dir(&self) -> PathBuf {
         self.dir.path().join("keys")
     }
