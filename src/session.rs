@@ -261,20 +261,24 @@ impl MessageSession {
             accepted_failures,
             ..Outcome::default()
         };
-        let on_error = self.runtime.config.milter.on_error;
         for stream in streams {
             let id = (stream.domain.clone(), stream.selector.clone());
+            let action = stream.on_error;
             match stream.finish(self.leading_space) {
                 Ok(signed) => outcome.signed.push(signed),
                 Err(e) => {
                     let failure = Failure {
                         signature: Some(id),
                         error: SignFailure::Sign(e.to_string()),
-                        action: on_error,
+                        action,
                     };
                     if failure.action == OnError::Accept {
                         outcome.accepted_failures.push(failure);
-                    } else {
+                    } else if outcome
+                        .refusal
+                        .as_ref()
+                        .is_none_or(|r| failure.action > r.action)
+                    {
                         outcome.refusal = Some(failure);
                     }
                 }

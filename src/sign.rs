@@ -1,7 +1,7 @@
 //! One DKIM signature in the making: mail-auth's streaming signer, fed the message as it
 //! arrives, so memory per message is its header section, whatever the body size.
 
-use crate::config::{Algo, Canon};
+use crate::config::{Algo, Canon, OnError};
 use crate::keys::parse::PrivateKey;
 use crate::policy::PlannedSignature;
 use mail_auth::crypto::{Algorithm, Sha256, SigningKey};
@@ -44,6 +44,8 @@ pub struct SignatureStream {
     pub domain: String,
     pub selector: String,
     pub algo: Algo,
+    /// What a failure of this signature does to the message.
+    pub on_error: OnError,
 }
 
 /// A finished signature, ready for the MTA.
@@ -82,6 +84,7 @@ impl SignatureStream {
             domain: planned.domain.clone(),
             selector: template.selector.clone(),
             algo,
+            on_error: template.on_error,
         }
     }
 

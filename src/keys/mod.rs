@@ -86,10 +86,11 @@ impl KeyStore {
             ResolvedKeySource::File(path) => {
                 let path = path.clone();
                 let safe = self.require_safe_permissions;
-                let (bytes, stamp) =
-                    tokio::task::spawn_blocking(move || file::read_key_file(&path, safe))
-                        .await
-                        .map_err(|_| KeyError::Unsupported("file reader".into()))??;
+                let read = tokio::task::spawn_blocking(move || file::read_key_file(&path, safe));
+                let (bytes, stamp) = read.await.map_err(|_| KeyError::File {
+                    path: source.to_string().into(),
+                    reason: "the reading task failed".into(),
+                })??;
                 (parse(source, &bytes)?, Some(stamp))
             }
             ResolvedKeySource::Data(data) => (parse(source, data.expose())?, None),
