@@ -158,18 +158,6 @@ impl KeySource {
     }
 }
 
-impl ResolvedKeySource {
-    /// The backend name, for logs, `check` and metrics.
-    pub fn backend(&self) -> &'static str {
-        match self {
-            ResolvedKeySource::File(_) => "file",
-            ResolvedKeySource::Data(_) => "key_data",
-            ResolvedKeySource::Vault(_) => "vault",
-            ResolvedKeySource::Event { .. } => "callback",
-        }
-    }
-}
-
 /// Where the key is, in words an operator can act on; never includes secret material.
 impl fmt::Display for ResolvedKeySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -2,8 +2,7 @@
 //! *may it be signed?* ([`may_sign`]) and *with which signatures?* ([`plan`]).
 
 use crate::config::{
-    DomainMatch, MilterSettings, SignaturePolicy, SignerTemplate, SigningDomain, SigningTable,
-    normalize_domain,
+    MilterSettings, SignaturePolicy, SignerTemplate, SigningDomain, SigningTable, normalize_domain,
 };
 use std::fmt;
 use std::net::IpAddr;
@@ -39,17 +38,6 @@ pub struct Origin {
     pub auth_type: Option<String>,
     /// `{daemon_name}`: the MTA service that received the message.
     pub daemon_name: Option<String>,
-}
-
-impl Origin {
-    pub fn from_ip(ip: IpAddr) -> Self {
-        Origin {
-            client: ClientAddr::Ip(ip),
-            auth_user: None,
-            auth_type: None,
-            daemon_name: None,
-        }
-    }
 }
 
 /// Why a message may be signed.
@@ -169,8 +157,6 @@ impl PlannedSignature {
 #[derive(Debug)]
 pub struct Plan {
     pub signatures: Vec<PlannedSignature>,
-    /// How the author domain matched `[domain]`, if it did.
-    pub matched: Option<DomainMatch>,
 }
 
 /// The signatures for a message with this author: the author domain's entry (exact, else the
@@ -209,10 +195,7 @@ pub fn plan(table: &SigningTable, author: Result<&str, &NoAuthor>) -> Plan {
             add(extra);
         }
     }
-    Plan {
-        signatures,
-        matched: matched.map(|(_, how)| how),
-    }
+    Plan { signatures }
 }
 
 #[cfg(test)]

@@ -41,28 +41,22 @@ impl Listener for NoDelay {
     }
 }
 
-/// A bound listener; a unix socket file is removed again when this is dropped.
+/// A bound listener, and for a unix socket the guard that removes its file again.
 pub struct BoundListener {
-    listener: Option<EitherListener<NoDelay, UnixListener>>,
-    socket: Option<(PathBuf, u64)>,
+    listener: EitherListener<NoDelay, UnixListener>,
+    socket: Option<SocketFile>,
 }
 
-impl BoundListener {
-    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        match &self.listener {
-            Some(EitherListener::Tcp(l)) => l.0.local_addr().ok(),
-            _ => None,
-        }
-    }
+/// The socket file we created; removed on drop, but only if it is still ours.
+struct SocketFile {
+    path: PathBuf,
+    inode: u64,
 }
 
-impl Drop for BoundListener {
+impl Drop for SocketFile {
     fn drop(&mut self) {
-        // Only remove the file if it is still the socket we created.
-        if let Some((path, inode)) = &self.socket
-            && std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *inode)
-        {
-            let _ = std::fs::remove_file(path);
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -77,7 +71,7 @@ pub async fn bind(settings: &MilterSettings) -> Result<BoundListener, ServerErro
                     source,
                 })?;
             Ok(BoundListener {
-                listener: Some(EitherListener::Tcp(NoDelay(listener))),
+                listener: EitherListener::Tcp(NoDelay(listener)),
                 socket: None,
             })
         }
@@ -95,19 +89,20 @@ fn bind_unix(path: &Path, settings: &MilterSettings) -> Result<BoundListener, Se
         addr: settings.listen.to_string(),
         source,
     })?;
-    std::fs::set_permissions(
-        path,
-        std::fs::Permissions::from_mode(settings.socket_mode.0),
-    )
-    .map_err(socket_err)?;
+    // From here on the file is ours: the guard removes it if setting it up fails.
+    let socket = SocketFile {
+        path: path.to_owned(),
+        inode: std::fs::symlink_metadata(path).map_err(socket_err)?.ino(),
+    };
+    let mode = std::fs::Permissions::from_mode(settings.socket_mode.0);
+    std::fs::set_permissions(path, mode).map_err(socket_err)?;
     if let Some(group) = &settings.socket_group {
         let gid = group_id(group).ok_or_else(|| ServerError::UnknownGroup(group.clone()))?;
         std::os::unix::fs::lchown(path, None, Some(gid)).map_err(socket_err)?;
     }
-    let inode = std::fs::symlink_metadata(path).map_err(socket_err)?.ino();
     Ok(BoundListener {
-        listener: Some(EitherListener::Unix(listener)),
-        socket: Some((path.to_owned(), inode)),
+        listener: EitherListener::Unix(listener),
+        socket: Some(socket),
     })
 }
 
@@ -156,20 +151,18 @@ fn group_id(name: &str) -> Option<u32> {
 
 /// Serves milter connections until `shutdown` completes.
 pub async fn serve(
-    mut listener: BoundListener,
+    listener: BoundListener,
     runtime: Arc<ArcSwap<Runtime>>,
     shutdown: impl std::future::Future,
 ) -> io::Result<()> {
-    let settings = runtime.load().config.milter.clone();
     let config = indymilter::Config {
-        max_connections: settings.max_connections,
+        max_connections: runtime.load().config.milter.max_connections,
         ..Default::default()
     };
-    let inner = listener
-        .listener
-        .take()
-        .expect("a bound listener is served once");
-    indymilter::run(inner, milter::callbacks(runtime), config, shutdown).await
+    let BoundListener { listener, socket } = listener;
+    let result = indymilter::run(listener, milter::callbacks(runtime), config, shutdown).await;
+    drop(socket); // the socket file goes only after the last session ended
+    result
 }
 
 /// Re-reads the configuration on every SIGHUP. A bad new file is logged and the running one

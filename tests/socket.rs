@@ -53,3 +53,46 @@ async fn a_regular_file_at_the_socket_path_is_never_removed() {
     assert!(err.to_string().contains("is not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
 }
+
+#[tokio::test]
+async fn socket_group_is_applied_and_an_unknown_group_is_an_error() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("g.sock");
+    // SAFETY: getegid has no preconditions.
+    let gid = unsafe { libc::getegid() };
+    let name = String::from_utf8(
+        std::process::Command::new("id")
+            .arg("-gn")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for group in [name.trim().to_string(), gid.to_string()] {
+        let text = format!(
+            "[milter]\nlisten = \"unix:{}\"\nsocket_group = \"{group}\"\n",
+            socket.display()
+        );
+        let config = Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let listener = server::bind(&config.milter)
+            .await
+            .unwrap_or_else(|e| panic!("{group}: {e}"));
+        assert_eq!(std::fs::metadata(&socket).unwrap().gid(), gid, "{group}");
+        drop(listener);
+    }
+    let text = format!(
+        "[milter]\nlisten = \"unix:{}\"\nsocket_group = \"no-such-group-x\"\n",
+        socket.display()
+    );
+    let config = Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+    let err = server::bind(&config.milter)
+        .await
+        .err()
+        .expect("unknown group refused");
+    assert!(
+        err.to_string()
+            .contains("unknown group \"no-such-group-x\""),
+        "{err}"
+    );
+}

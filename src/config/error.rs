@@ -49,13 +49,6 @@ impl ConfigError {
             message,
         }
     }
-
-    pub fn location(&self) -> Option<&Location> {
-        match self {
-            ConfigError::Invalid { location, .. } => Some(location),
-            ConfigError::Io { .. } => None,
-        }
-    }
 }
 
 fn floor_char_boundary(text: &str, mut index: usize) -> usize {

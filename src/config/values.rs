@@ -39,15 +39,6 @@ pub enum Canon {
     Simple,
 }
 
-impl Canon {
-    pub fn name(self) -> &'static str {
-        match self {
-            Canon::Relaxed => "relaxed",
-            Canon::Simple => "simple",
-        }
-    }
-}
-
 /// What happens to a message whose signature cannot be made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
