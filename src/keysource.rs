@@ -77,6 +77,22 @@ impl<'de> Deserialize<'de> for VaultToken {
     }
 }
 
+impl VaultToken {
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+/// A token travels in the `X-Vault-Token` header: it must be visible ASCII (a stray newline
+/// from a token file is trimmed before this check).
+pub fn validate_token(token: &VaultToken) -> Result<(), &'static str> {
+    if crate::config::is_header_safe(token.expose()) {
+        Ok(())
+    } else {
+        Err("a Vault token must be non-empty printable ASCII without spaces")
+    }
+}
+
 impl PartialEq for VaultToken {
     fn eq(&self, other: &Self) -> bool {
         self.0.expose_secret() == other.0.expose_secret()
@@ -158,6 +174,18 @@ impl KeySource {
     }
 }
 
+impl ResolvedKeySource {
+    /// The backend's name, as in metrics.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            ResolvedKeySource::File(_) => "file",
+            ResolvedKeySource::Data(_) => "data",
+            ResolvedKeySource::Vault(_) => "vault",
+            ResolvedKeySource::Event { .. } => "callback",
+        }
+    }
+}
+
 /// Where the key is, in words an operator can act on; never includes secret material.
 impl fmt::Display for ResolvedKeySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -219,12 +247,19 @@ impl KeySourceTable {
                     crate::config::validate_http_url(address)
                         .map_err(|e| format!("vault_address: {e}"))?;
                 }
+                let token = self.vault_token.map(|t| VaultToken(t.into()));
+                if let Some(token) = &token {
+                    validate_token(token).map_err(|e| format!("vault_token: {e}"))?;
+                }
+                if self.vault_key.as_deref() == Some("") {
+                    return Err("vault_key is empty".into());
+                }
                 Ok(KeySource::Vault(VaultSource {
                     mount,
                     path,
                     field: self.vault_key.unwrap_or_else(|| "key".into()),
                     address: self.vault_address,
-                    token: self.vault_token.map(|t| VaultToken(t.into())),
+                    token,
                     kv_version: self.kv_version,
                 }))
             }

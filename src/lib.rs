@@ -10,6 +10,7 @@ pub mod config;
 pub mod keys;
 pub mod keysource;
 pub mod message;
+pub mod metrics;
 pub mod milter;
 pub mod policy;
 pub mod runtime;

@@ -1,23 +1,65 @@
-//! What a running milter works from: a loaded configuration and the keys it resolved.
-//! A message takes one `Arc<Runtime>` when it starts and keeps it to the end, so a reload
-//! never changes the rules under a message in flight.
+//! What a running milter works from: a loaded configuration and the key cache it resolves keys
+//! through. A message takes one `Arc<Runtime>` when it starts and keeps it to the end, so a
+//! reload never changes the rules under a message in flight.
 
 use crate::config::{Config, ConfigError};
-use crate::keys::KeyStore;
+use crate::keys::Backends;
+use crate::keys::cache::KeyCache;
+use crate::keys::callback::CallbackRegistry;
+use crate::metrics::Metrics;
 use std::path::Path;
+use std::sync::Arc;
+
+/// What outlives any one configuration: the metrics, and the key callbacks a program embedding
+/// this library registered.
+#[derive(Default)]
+pub struct Environment {
+    pub metrics: Arc<Metrics>,
+    pub callbacks: CallbackRegistry,
+}
 
 pub struct Runtime {
     pub config: Config,
-    pub keys: KeyStore,
+    pub keys: Arc<KeyCache>,
+    pub env: Arc<Environment>,
 }
 
 impl Runtime {
     pub fn new(config: Config) -> Self {
-        let keys = KeyStore::new(config.keys.require_safe_permissions);
-        Runtime { config, keys }
+        Self::with_environment(config, Arc::new(Environment::default()))
+    }
+
+    pub fn with_environment(config: Config, env: Arc<Environment>) -> Self {
+        let keys = Arc::new(KeyCache::new(
+            config.cache.clone(),
+            Backends::new(&config, &env.callbacks),
+            env.metrics.clone(),
+        ));
+        Runtime { config, keys, env }
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Config::load(path).map(Runtime::new)
     }
+
+    /// The runtime of the configuration now in `path`. When the key settings (`[keys]`,
+    /// `[cache]`, `[vault]`, `[callbacks]`) did not change, the key cache carries over: keys
+    /// stay warm, Vault sessions stay logged in, and stale keys stay available.
+    pub fn reload(&self, path: &Path) -> Result<Self, ConfigError> {
+        let config = Config::load_with_callbacks(path, &self.env.callbacks.names())?;
+        if same_key_settings(&config, &self.config) {
+            Ok(Runtime {
+                config,
+                keys: self.keys.clone(),
+                env: self.env.clone(),
+            })
+        } else {
+            tracing::info!("key settings changed: starting with an empty key cache");
+            Ok(Self::with_environment(config, self.env.clone()))
+        }
+    }
+}
+
+fn same_key_settings(a: &Config, b: &Config) -> bool {
+    a.keys == b.keys && a.cache == b.cache && a.vault == b.vault && a.callbacks == b.callbacks
 }

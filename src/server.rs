@@ -179,9 +179,10 @@ pub fn spawn_reload_on_sighup(path: PathBuf, runtime: Arc<ArcSwap<Runtime>>) -> 
 
 /// Loads `path` and swaps it in; returns whether it did.
 pub fn reload(path: &Path, runtime: &ArcSwap<Runtime>) -> bool {
-    match Runtime::load(path) {
+    let current = runtime.load_full();
+    match current.reload(path) {
         Ok(new) => {
-            if new.config.milter.listen != runtime.load().config.milter.listen {
+            if new.config.milter.listen != current.config.milter.listen {
                 warn!("the listen address changed; it takes effect at the next restart");
             }
             for w in &new.config.signing.warnings {

@@ -1,5 +1,5 @@
 //! The configuration file: one TOML document with the daemon's sections (`[milter]`, `[keys]`,
-//! `[log]`, `[vault]`, `[callbacks]`) and KumoMTA's `dkim_sign` signing table (`[base]`,
+//! `[cache]`, `[log]`, `[vault]`, `[callbacks]`) and KumoMTA's `dkim_sign` signing table (`[base]`,
 //! `[domain."…"]`, `[signature."…"]`).
 //!
 //! Loading parses into validated types: after [`Config::load`] succeeds, every duration, network,
@@ -23,7 +23,7 @@ pub use values::{
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ pub struct Config {
     pub path: PathBuf,
     pub milter: MilterSettings,
     pub keys: KeySettings,
+    pub cache: CacheSettings,
     pub log: LogSettings,
     pub vault: VaultSettings,
     pub callbacks: BTreeMap<String, CallbackSettings>,
@@ -74,7 +75,7 @@ pub struct MilterSettings {
 }
 
 /// `[keys]`: where file keys live by default and how strictly they are checked.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySettings {
     /// The default key path is `{directory}/{domain}/{selector}.key`.
@@ -83,6 +84,37 @@ pub struct KeySettings {
     /// Refuse key files that group or others can read or write (OpenDKIM's RequireSafeKeys).
     #[serde(default = "yes")]
     pub require_safe_permissions: bool,
+}
+
+/// `[cache]`: how long resolved keys are kept, and what happens while a key backend is down.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Resolved keys kept at most (one per distinct source: domain, selector and backend).
+    #[serde(default = "default_cache_capacity")]
+    pub capacity: u64,
+    /// How long a key fetched from Vault or a callback is used before it is fetched again.
+    /// File keys are instead re-read when the file changes; inline keys never expire.
+    #[serde(default = "default_cache_ttl", with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    /// How long a failed fetch is remembered, so a dead backend is not asked for every message.
+    #[serde(default = "default_negative_ttl", with = "humantime_serde_compat")]
+    pub negative_ttl: Duration,
+    /// How long past its `ttl` the last good key keeps signing while its backend fails; 0 turns
+    /// this off.
+    #[serde(default = "default_serve_stale", with = "humantime_serde_compat")]
+    pub serve_stale: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            capacity: default_cache_capacity(),
+            ttl: default_cache_ttl(),
+            negative_ttl: default_negative_ttl(),
+            serve_stale: default_serve_stale(),
+        }
+    }
 }
 
 /// `[log]`.
@@ -95,7 +127,7 @@ pub struct LogSettings {
 }
 
 /// `[vault]`: defaults for every Vault key source.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultSettings {
     pub address: Option<String>,
@@ -112,7 +144,7 @@ pub struct VaultSettings {
 }
 
 /// `[callbacks."NAME"]`: a named key provider for `{ event_name = "NAME" }` key sources.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallbackSettings {
     /// Program and arguments (no shell); `event_args` are appended; the key is its stdout.
@@ -130,6 +162,7 @@ pub struct CallbackSettings {
 struct RawConfig {
     milter: Option<MilterSettings>,
     keys: Option<KeySettings>,
+    cache: Option<CacheSettings>,
     log: Option<LogSettings>,
     vault: Option<VaultSettings>,
     #[serde(default)]
@@ -144,15 +177,32 @@ struct RawConfig {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_callbacks(path, &BTreeSet::new())
+    }
+
+    /// Like [`Config::load`], for a program that registers callbacks of its own
+    /// ([`crate::keys::callback::CallbackRegistry`]): `event_name`s may also name those.
+    pub fn load_with_callbacks(
+        path: &Path,
+        registered: &BTreeSet<String>,
+    ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        Self::parse_with_callbacks(&text, path, registered)
     }
 
     /// Validates `text` as if it had been read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with_callbacks(text, path, &BTreeSet::new())
+    }
+
+    fn parse_with_callbacks(
+        text: &str,
+        path: &Path,
+        registered: &BTreeSet<String>,
+    ) -> Result<Self, ConfigError> {
         let at = |span: Option<std::ops::Range<usize>>, message: String| {
             ConfigError::located(path, text, span, message)
         };
@@ -176,10 +226,12 @@ impl Config {
         let log = raw.log.unwrap_or_else(|| LogSettings {
             level: default_log_level(),
         });
-        let vault = raw.vault.unwrap_or_default();
-        if let Some(address) = &vault.address {
-            validate_http_url(address).map_err(|e| at(None, format!("[vault] address: {e}")))?;
+        let cache = raw.cache.unwrap_or_default();
+        if cache.capacity == 0 {
+            return Err(at(None, "[cache] capacity must be at least 1".into()));
         }
+        let vault = raw.vault.unwrap_or_default();
+        validate_vault(&vault).map_err(|e| at(None, format!("[vault] {e}")))?;
 
         let mut callbacks = BTreeMap::new();
         for (name, spanned) in raw.callbacks {
@@ -205,6 +257,8 @@ impl Config {
             }
             callbacks.insert(name, cb);
         }
+        let mut callback_names: BTreeSet<String> = callbacks.keys().cloned().collect();
+        callback_names.extend(registered.iter().cloned());
 
         let signing = signing::build(
             signing::RawSigningTable {
@@ -213,7 +267,7 @@ impl Config {
                 signature: raw.signature,
             },
             &keys,
-            &callbacks,
+            &callback_names,
             &at,
         )?;
 
@@ -221,12 +275,48 @@ impl Config {
             path: path.to_owned(),
             milter,
             keys,
+            cache,
             log,
             vault,
             callbacks,
             signing,
         })
     }
+}
+
+fn validate_vault(vault: &VaultSettings) -> Result<(), String> {
+    if let Some(address) = &vault.address {
+        validate_http_url(address).map_err(|e| format!("address: {e}"))?;
+    }
+    if vault.token.is_some() && vault.token_file.is_some() {
+        return Err("set token or token_file, not both".into());
+    }
+    if let Some(token) = &vault.token {
+        crate::keysource::validate_token(token).map_err(|e| format!("token: {e}"))?;
+    }
+    match (&vault.role_id, &vault.secret_id_file) {
+        (Some(_), Some(_)) | (None, None) => {}
+        _ => return Err("AppRole login needs both role_id and secret_id_file".into()),
+    }
+    if vault.role_id.is_some() && (vault.token.is_some() || vault.token_file.is_some()) {
+        return Err(
+            "use either a token (token / token_file) or AppRole (role_id), not both".into(),
+        );
+    }
+    if let Some(namespace) = &vault.namespace
+        && !is_header_safe(namespace)
+    {
+        return Err("namespace must be printable ASCII without spaces".into());
+    }
+    if vault.timeout == Some(Duration::ZERO) {
+        return Err("timeout must be longer than 0 s".into());
+    }
+    Ok(())
+}
+
+/// Values that travel in HTTP headers (tokens, namespaces) must be visible ASCII.
+pub(crate) fn is_header_safe(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn yes() -> bool {
@@ -245,6 +335,18 @@ fn default_trusted_networks() -> Vec<IpNet> {
 }
 fn default_max_connections() -> usize {
     256
+}
+fn default_cache_capacity() -> u64 {
+    10_000
+}
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_serve_stale() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_key_directory() -> PathBuf {
     DEFAULT_KEY_DIRECTORY.into()

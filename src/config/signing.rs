@@ -6,10 +6,10 @@
 //! `[base]`'s `true`.
 
 use super::values::{Algo, Canon, OnError, SignaturePolicy};
-use super::{CallbackSettings, ConfigError, KeySettings, Template};
+use super::{ConfigError, KeySettings, Template};
 use crate::keysource::{KeySource, VaultSource};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -260,7 +260,7 @@ type At<'a> = &'a dyn Fn(Option<Range<usize>>, String) -> ConfigError;
 pub(super) fn build(
     raw: RawSigningTable,
     keys: &KeySettings,
-    callbacks: &BTreeMap<String, CallbackSettings>,
+    callbacks: &BTreeSet<String>,
     at: At<'_>,
 ) -> Result<SigningTable, ConfigError> {
     let (base, base_span) = match raw.base {
@@ -417,7 +417,7 @@ pub(super) fn build(
 
 struct Context<'a> {
     keys: &'a KeySettings,
-    callbacks: &'a BTreeMap<String, CallbackSettings>,
+    callbacks: &'a BTreeSet<String>,
     at: At<'a>,
     vault_mount: Option<String>,
     vault_prefix: String,
@@ -452,7 +452,7 @@ impl Context<'_> {
         }
         let key = self.key_source(params.key);
         if let Some(name) = key.event_name()
-            && !self.callbacks.contains_key(name)
+            && !self.callbacks.contains(name)
         {
             return Err(at(
                 Some(span),

@@ -10,23 +10,29 @@ use zeroize::Zeroizing;
 const UNSAFE_BITS: u32 = 0o066;
 
 /// Identity of a file's content as far as `stat` can tell: a new mtime, size or inode means the
-/// file was replaced or rewritten.
+/// file was replaced or rewritten; a new mode, that its permissions must be checked again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileStamp {
     modified: Option<SystemTime>,
     len: u64,
     inode: u64,
     device: u64,
+    mode: u32,
 }
 
 pub fn stamp(path: &Path) -> Result<FileStamp, KeyError> {
     let meta = std::fs::metadata(path).map_err(|e| KeyError::io(path, &e))?;
-    Ok(FileStamp {
+    Ok(stamp_of(&meta))
+}
+
+fn stamp_of(meta: &std::fs::Metadata) -> FileStamp {
+    FileStamp {
         modified: meta.modified().ok(),
         len: meta.len(),
         inode: meta.ino(),
         device: meta.dev(),
-    })
+        mode: meta.mode(),
+    }
 }
 
 /// Reads the key file, refusing one that group or others can read or write when `require_safe`.
@@ -34,8 +40,8 @@ pub fn read_key_file(
     path: &Path,
     require_safe: bool,
 ) -> Result<(Zeroizing<Vec<u8>>, FileStamp), KeyError> {
-    let before = stamp(path)?;
     let meta = std::fs::metadata(path).map_err(|e| KeyError::io(path, &e))?;
+    let before = stamp_of(&meta);
     if !meta.is_file() {
         return Err(KeyError::File {
             path: path.to_owned(),

@@ -1,19 +1,22 @@
-//! Resolving a key source to a parsed key, through a cache so that no message parses a key or
-//! reads a key file: a file key is re-read only when the file changes, inline data is parsed once.
+//! Resolving a key source to a parsed key: the backends (file, inline data, Vault, callbacks)
+//! and, in front of them, the [`cache::KeyCache`], so that no message parses a key, reads a key
+//! file or waits for a backend it already has a key from.
 
+pub mod cache;
+pub mod callback;
 pub mod file;
 pub mod generate;
 pub mod parse;
+pub mod vault;
 
+use crate::config::Config;
 use crate::keysource::ResolvedKeySource;
+use callback::CallbackRegistry;
+use file::FileStamp;
 use parse::{KeyParseError, PrivateKey, parse_private_key};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// How often a cached file key is `stat`ed to notice a replaced file.
-const FILE_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+use std::sync::Arc;
+use vault::{VaultFailure, VaultPool};
 
 /// Why a key could not be had. Names the source, never the key or a token.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -30,8 +33,15 @@ pub enum KeyError {
         origin: String,
         error: KeyParseError,
     },
-    #[error("{0}: this key source is not available in this version of signet-milter")]
-    Unsupported(String),
+    #[error("{origin}: {failure}")]
+    Vault {
+        origin: String,
+        failure: VaultFailure,
+    },
+    #[error("{origin}: {reason}")]
+    Callback { origin: String, reason: String },
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl KeyError {
@@ -50,184 +60,117 @@ impl KeyError {
     /// A short, non-secret phrase for SMTP replies.
     pub fn public_reason(&self) -> &'static str {
         match self {
-            KeyError::File { .. } | KeyError::UnsafePermissions { .. } => "signing key unavailable",
             KeyError::Parse { .. } => "signing key unusable",
-            KeyError::Unsupported(_) => "key source unavailable",
+            _ => "signing key unavailable",
         }
     }
 }
 
-struct CachedKey {
-    key: Arc<PrivateKey>,
-    /// For file keys: what the file looked like when read, and when that was last confirmed.
-    file: Option<(file::FileStamp, Instant)>,
+/// The answer of a backend.
+pub(crate) enum Fetched {
+    New {
+        key: Arc<PrivateKey>,
+        stamp: Option<FileStamp>,
+    },
+    /// The file has the stamp it had when its cached key was read.
+    Unchanged,
 }
 
-/// Parsed keys by resolved source.
-pub struct KeyStore {
+/// Fetches and parses keys, without caching: that is [`cache::KeyCache`]'s job.
+pub struct Backends {
     require_safe_permissions: bool,
-    cache: Mutex<HashMap<ResolvedKeySource, CachedKey>>,
+    vault: VaultPool,
+    callbacks: CallbackRegistry,
 }
 
-impl KeyStore {
-    pub fn new(require_safe_permissions: bool) -> Self {
-        Self {
-            require_safe_permissions,
-            cache: Mutex::new(HashMap::new()),
+impl Backends {
+    pub fn new(config: &Config, registered: &CallbackRegistry) -> Self {
+        Backends {
+            require_safe_permissions: config.keys.require_safe_permissions,
+            vault: VaultPool::new(&config.vault),
+            callbacks: registered.with_config(&config.callbacks),
         }
     }
 
-    /// The key for `source`, from the cache when it is still current.
-    pub async fn get(&self, source: &ResolvedKeySource) -> Result<Arc<PrivateKey>, KeyError> {
-        if let Some(key) = self.cached(source) {
-            return Ok(key);
-        }
-        let (key, file_stamp) = match source {
+    /// Fetches `source`; for a file whose stamp is still `previous`, answers `Unchanged`.
+    pub(crate) async fn fetch(
+        &self,
+        source: &ResolvedKeySource,
+        previous: Option<&FileStamp>,
+    ) -> Result<Fetched, KeyError> {
+        let (bytes, stamp) = match source {
             ResolvedKeySource::File(path) => {
+                if let Some(previous) = previous
+                    && file::stamp(path)? == *previous
+                {
+                    return Ok(Fetched::Unchanged);
+                }
                 let path = path.clone();
                 let safe = self.require_safe_permissions;
                 let read = tokio::task::spawn_blocking(move || file::read_key_file(&path, safe));
-                let (bytes, stamp) = read.await.map_err(|_| KeyError::File {
-                    path: source.to_string().into(),
-                    reason: "the reading task failed".into(),
-                })??;
-                (parse(source, &bytes)?, Some(stamp))
+                let (bytes, stamp) = read
+                    .await
+                    .map_err(|_| KeyError::Internal("the key file reading task failed"))??;
+                (bytes, Some(stamp))
             }
-            ResolvedKeySource::Data(data) => (parse(source, data.expose())?, None),
-            other => return Err(KeyError::Unsupported(other.to_string())),
+            ResolvedKeySource::Data(data) => {
+                return new_key(source, data.expose(), None);
+            }
+            ResolvedKeySource::Vault(v) => {
+                let text = self
+                    .vault
+                    .fetch(v)
+                    .await
+                    .map_err(|failure| KeyError::Vault {
+                        origin: self.vault_origin(v),
+                        failure,
+                    })?;
+                return new_key(source, text.as_bytes(), None);
+            }
+            ResolvedKeySource::Event { name, args } => {
+                let failed = |reason: String| KeyError::Callback {
+                    origin: source.to_string(),
+                    reason,
+                };
+                let callback = self
+                    .callbacks
+                    .get(name)
+                    .ok_or_else(|| failed("no such callback".into()))?;
+                let bytes = callback.fetch(args).await.map_err(|e| failed(e.0))?;
+                (bytes, None)
+            }
         };
-        let key = Arc::new(key);
-        let entry = CachedKey {
-            key: key.clone(),
-            file: file_stamp.map(|s| (s, Instant::now())),
-        };
-        self.lock().insert(source.clone(), entry);
-        Ok(key)
+        new_key(source, &bytes, stamp)
     }
 
-    /// A cached key that is still good: inline data always, a file while it is unchanged.
-    fn cached(&self, source: &ResolvedKeySource) -> Option<Arc<PrivateKey>> {
-        let mut cache = self.lock();
-        let entry = cache.get_mut(source)?;
-        if let (Some((stamp, checked)), ResolvedKeySource::File(path)) = (&mut entry.file, source)
-            && checked.elapsed() >= FILE_RECHECK_INTERVAL
-        {
-            match file::stamp(path) {
-                Ok(now) if now == *stamp => *checked = Instant::now(),
-                _ => {
-                    cache.remove(source);
-                    return None;
-                }
-            }
-        }
-        Some(entry.key.clone())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ResolvedKeySource, CachedKey>> {
-        // A panic while holding this lock cannot leave the map inconsistent (single inserts and
-        // removes), so a poisoned lock is still usable.
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    fn vault_origin(&self, v: &crate::keysource::VaultSource<String>) -> String {
+        format!(
+            "vault {} {}/{} field {}",
+            self.vault
+                .address_for(v)
+                .as_deref()
+                .unwrap_or("(no address)"),
+            v.mount,
+            v.path,
+            v.field
+        )
     }
 }
 
-fn parse(source: &ResolvedKeySource, bytes: &[u8]) -> Result<PrivateKey, KeyError> {
-    parse_private_key(bytes).map_err(|error| KeyError::Parse {
+fn new_key(
+    source: &ResolvedKeySource,
+    bytes: &[u8],
+    stamp: Option<FileStamp>,
+) -> Result<Fetched, KeyError> {
+    let key = parse_private_key(bytes).map_err(|error| KeyError::Parse {
         origin: source.to_string(),
         error,
+    })?;
+    Ok(Fetched::New {
+        key: Arc::new(key),
+        stamp,
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use generate::{KeyKind, generate};
-    use std::os::unix::fs::PermissionsExt as _;
-
-    fn write_key(path: &Path, kind: KeyKind, mode: u32) -> Arc<str> {
-        let g = generate(kind).unwrap();
-        std::fs::write(path, g.private_pem().as_bytes()).unwrap();
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-        g.key.public_key_base64().into()
-    }
-
-    #[tokio::test]
-    async fn file_keys_are_cached_and_reloaded_when_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.key");
-        let first = write_key(&path, KeyKind::Ed25519, 0o600);
-        let store = KeyStore::new(true);
-        let source = ResolvedKeySource::File(path.clone());
-        let a = store.get(&source).await.unwrap();
-        let b = store.get(&source).await.unwrap();
-        assert!(
-            Arc::ptr_eq(&a, &b),
-            "second lookup is served from the cache"
-        );
-        assert_eq!(a.public_key_base64(), &*first);
-
-        // Replace the file (new inode, as `mv` or an editor does) and let the recheck interval pass.
-        let tmp = dir.path().join("new.key");
-        let second = write_key(&tmp, KeyKind::Ed25519, 0o600);
-        std::fs::rename(&tmp, &path).unwrap();
-        store
-            .lock()
-            .get_mut(&source)
-            .unwrap()
-            .file
-            .as_mut()
-            .unwrap()
-            .1 -= FILE_RECHECK_INTERVAL;
-        let c = store.get(&source).await.unwrap();
-        assert_eq!(
-            c.public_key_base64(),
-            &*second,
-            "a replaced file is picked up without reload"
-        );
-    }
-
-    #[tokio::test]
-    async fn unsafe_permissions_are_refused_unless_allowed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.key");
-        write_key(&path, KeyKind::Ed25519, 0o640);
-        let source = ResolvedKeySource::File(path.clone());
-        let err = KeyStore::new(true).get(&source).await.unwrap_err();
-        assert!(
-            matches!(err, KeyError::UnsafePermissions { mode: 0o640, .. }),
-            "{err}"
-        );
-        assert!(err.to_string().contains("chmod 600"));
-        assert!(KeyStore::new(false).get(&source).await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn errors_name_the_source_and_never_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = ResolvedKeySource::File(dir.path().join("nope.key"));
-        let err = KeyStore::new(true).get(&missing).await.unwrap_err();
-        assert!(
-            err.to_string().ends_with("nope.key: does not exist"),
-            "{err}"
-        );
-
-        let secretish =
-            "-----BEGIN PRIVATE KEY-----\nTUlJQ1NFQ1JFVA==\n-----END PRIVATE KEY-----\n";
-        let data = ResolvedKeySource::Data(crate::keysource::KeyData::new(secretish.into()));
-        let err = KeyStore::new(true).get(&data).await.unwrap_err();
-        let shown = format!("{err} {err:?}");
-        assert!(!shown.contains("TUlJQ1NFQ1JFVA"), "{shown}");
-        assert!(shown.contains("inline key_data"), "{shown}");
-    }
-
-    #[tokio::test]
-    async fn small_rsa_keys_are_refused() {
-        let pem = include_bytes!("../../tests/fixtures/rsa512-insecure-test-only.pem");
-        let data = ResolvedKeySource::Data(crate::keysource::KeyData::new(pem.to_vec()));
-        let err = KeyStore::new(true).get(&data).await.unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("RSA key is smaller than 2048 bits"),
-            "{err}"
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,268 @@
+//! The key cache in front of every key source.
+//!
+//! Each resolved source has a slot holding its last good key and its last failure:
+//! - a key younger than its freshness is served as is (a hit): `[cache] ttl` for Vault and
+//!   callbacks, one second for files (then a `stat` shows whether the file changed; an
+//!   unchanged file is not read again), forever for inline data;
+//! - an older key keeps being served for up to `serve_stale` past that (stale) while one
+//!   refresh runs in the background, so no message waits for a backend it has a key from;
+//! - a failed fetch is remembered for `negative_ttl`: during that time messages for a source
+//!   with no usable key get the error at once, and no new fetch is started;
+//! - a message that needs a fetch waits for it; any number of messages needing the same key at
+//!   once cause one fetch (single flight, by a per-slot lock and a re-check after it).
+//!
+//! Slots live in a moka cache bounded by `capacity`; one idle past any use is dropped.
+
+use super::{Backends, Fetched, KeyError};
+use crate::config::CacheSettings;
+use crate::keys::file::FileStamp;
+use crate::keys::parse::PrivateKey;
+use crate::keysource::ResolvedKeySource;
+use crate::metrics::{Lookup, Metrics};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+// tokio's clock, so that tests can move time forward.
+use tokio::time::Instant;
+
+/// How long a cached file key is trusted before its file is `stat`ed again.
+pub const FILE_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct KeyCache {
+    settings: CacheSettings,
+    slots: moka::future::Cache<ResolvedKeySource, Arc<Slot>>,
+    backends: Arc<Backends>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<State>,
+    /// Held while fetching, so that one fetch runs per source at a time.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    good: Option<Good>,
+    failure: Option<(KeyError, Instant)>,
+    refreshing: bool,
+}
+
+struct Good {
+    key: Arc<PrivateKey>,
+    stamp: Option<FileStamp>,
+    /// When the backend last confirmed this key (fetched it, or a `stat` found the file unchanged).
+    confirmed: Instant,
+}
+
+/// What to do with a lookup, given a slot's state.
+enum Decision {
+    Hit(Arc<PrivateKey>),
+    /// Serve the key; start a background refresh when `refresh`.
+    Stale {
+        key: Arc<PrivateKey>,
+        refresh: bool,
+    },
+    Negative(KeyError),
+    Fetch,
+}
+
+impl KeyCache {
+    pub fn new(settings: CacheSettings, backends: Backends, metrics: Arc<Metrics>) -> Self {
+        let idle = (settings.ttl + settings.serve_stale).max(settings.negative_ttl)
+            + FILE_RECHECK_INTERVAL;
+        KeyCache {
+            slots: moka::future::Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_idle(idle)
+                .build(),
+            settings,
+            backends: Arc::new(backends),
+            metrics,
+        }
+    }
+
+    /// The key of `source`, from the cache when it may be used, else fetched.
+    pub async fn get(&self, source: &ResolvedKeySource) -> Result<Arc<PrivateKey>, KeyError> {
+        let slot = self
+            .slots
+            .get_with_by_ref(source, async { Arc::new(Slot::default()) })
+            .await;
+        let backend = source.backend();
+        match self.decide(&slot, source) {
+            Decision::Hit(key) => {
+                self.metrics.key_lookup(backend, Lookup::Hit);
+                Ok(key)
+            }
+            Decision::Stale { key, refresh } => {
+                self.metrics.key_lookup(backend, Lookup::Stale);
+                if refresh {
+                    self.refresh_in_background(slot, source.clone());
+                }
+                Ok(key)
+            }
+            Decision::Negative(error) => {
+                self.metrics.key_lookup(backend, Lookup::Negative);
+                Err(error)
+            }
+            Decision::Fetch => {
+                self.metrics.key_lookup(backend, Lookup::Miss);
+                self.fetch_while_waiting(&slot, source).await
+            }
+        }
+    }
+
+    fn decide(&self, slot: &Slot, source: &ResolvedKeySource) -> Decision {
+        let now = Instant::now();
+        let mut state = lock(&slot.state);
+        let recent_failure = state
+            .failure
+            .as_ref()
+            .filter(|(_, at)| now.duration_since(*at) < self.settings.negative_ttl)
+            .map(|(error, _)| error.clone());
+        if let Some(good) = &state.good {
+            let Some(fresh_for) = self.freshness(source) else {
+                return Decision::Hit(good.key.clone());
+            };
+            let age = now.duration_since(good.confirmed);
+            if age < fresh_for {
+                return Decision::Hit(good.key.clone());
+            }
+            let usable = age < fresh_for + self.settings.serve_stale;
+            let key = good.key.clone();
+            if usable && recent_failure.is_some() {
+                return Decision::Stale {
+                    key,
+                    refresh: false,
+                };
+            }
+            // A file is revalidated by a `stat` while the message waits: it costs microseconds.
+            if usable && !matches!(source, ResolvedKeySource::File(_)) {
+                let refresh = !std::mem::replace(&mut state.refreshing, true);
+                return Decision::Stale { key, refresh };
+            }
+        }
+        match recent_failure {
+            Some(error) => Decision::Negative(error),
+            None => Decision::Fetch,
+        }
+    }
+
+    /// How long a key from `source` is used without asking its backend again; `None`: forever.
+    fn freshness(&self, source: &ResolvedKeySource) -> Option<Duration> {
+        match source {
+            ResolvedKeySource::Data(_) => None,
+            ResolvedKeySource::File(_) => Some(FILE_RECHECK_INTERVAL),
+            ResolvedKeySource::Vault(_) | ResolvedKeySource::Event { .. } => {
+                Some(self.settings.ttl)
+            }
+        }
+    }
+
+    async fn fetch_while_waiting(
+        &self,
+        slot: &Slot,
+        source: &ResolvedKeySource,
+    ) -> Result<Arc<PrivateKey>, KeyError> {
+        let _one_fetch = slot.fetching.lock().await;
+        // Whoever held the lock before may have answered for us.
+        match self.decide(slot, source) {
+            Decision::Hit(key) | Decision::Stale { key, .. } => return Ok(key),
+            Decision::Negative(error) => return Err(error),
+            Decision::Fetch => {}
+        }
+        match self.fetch_and_store(slot, source).await {
+            Ok(key) => Ok(key),
+            Err(error) => match self.stale_key(slot, source) {
+                Some(key) => {
+                    self.metrics.key_lookup(source.backend(), Lookup::Stale);
+                    Ok(key)
+                }
+                None => Err(error),
+            },
+        }
+    }
+
+    fn refresh_in_background(&self, slot: Arc<Slot>, source: ResolvedKeySource) {
+        let cache = self.detached();
+        tokio::spawn(async move {
+            let _one_fetch = slot.fetching.lock().await;
+            let _ = cache.fetch_and_store(&slot, &source).await;
+            lock(&slot.state).refreshing = false;
+        });
+    }
+
+    /// A handle for a background task: the same slots, backends and metrics.
+    fn detached(&self) -> KeyCache {
+        KeyCache {
+            settings: self.settings.clone(),
+            slots: self.slots.clone(),
+            backends: self.backends.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Asks the backend and records the answer in the slot.
+    async fn fetch_and_store(
+        &self,
+        slot: &Slot,
+        source: &ResolvedKeySource,
+    ) -> Result<Arc<PrivateKey>, KeyError> {
+        let previous = lock(&slot.state).good.as_ref().and_then(|g| g.stamp);
+        let started = Instant::now();
+        let result = self.backends.fetch(source, previous.as_ref()).await;
+        self.metrics.key_fetch(
+            source.backend(),
+            started.elapsed().as_secs_f64(),
+            result.is_ok(),
+        );
+        let now = Instant::now();
+        let mut state = lock(&slot.state);
+        match result {
+            Ok(Fetched::New { key, stamp }) => {
+                if state.failure.take().is_some() {
+                    tracing::info!(source = %source, "key source works again");
+                }
+                state.good = Some(Good {
+                    key: key.clone(),
+                    stamp,
+                    confirmed: now,
+                });
+                Ok(key)
+            }
+            Ok(Fetched::Unchanged) => match state.good.as_mut() {
+                Some(good) => {
+                    good.confirmed = now;
+                    Ok(good.key.clone())
+                }
+                None => Err(KeyError::Internal("unchanged key without a cached key")),
+            },
+            Err(error) => {
+                match &state.good {
+                    Some(good) => tracing::warn!(
+                        source = %source,
+                        error = %error,
+                        key_age = %humantime::format_duration(Duration::from_secs(now.duration_since(good.confirmed).as_secs())),
+                        "key fetch failed; the last good key is used while it is within ttl + serve_stale"
+                    ),
+                    None => tracing::warn!(source = %source, error = %error, "key fetch failed"),
+                }
+                state.failure = Some((error.clone(), now));
+                Err(error)
+            }
+        }
+    }
+
+    /// The last good key if it is still within its stale window.
+    fn stale_key(&self, slot: &Slot, source: &ResolvedKeySource) -> Option<Arc<PrivateKey>> {
+        let state = lock(&slot.state);
+        let good = state.good.as_ref()?;
+        let window = self.freshness(source)? + self.settings.serve_stale;
+        (good.confirmed.elapsed() < window).then(|| good.key.clone())
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // Every update of a State is a few field writes that cannot panic half-way.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
