@@ -3,7 +3,7 @@
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::keys::generate::{KeyKind, generate, write_key_files, zone_record};
 use crate::policy::{self, ClientAddr, Origin};
-use crate::runtime::Runtime;
+use crate::runtime::{Environment, Runtime};
 use crate::server;
 use crate::session::{HeadersDecision, MessageSession};
 use anyhow::{Context as _, bail};
@@ -59,11 +59,18 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    main_with(Environment::default())
+}
+
+/// The command line of a program that embeds signet-milter, e.g. to register its own key
+/// callbacks in `env.callbacks` (see `examples/custom_callback.rs`).
+pub fn main_with(env: Environment) -> ExitCode {
     let cli = Cli::parse();
+    let env = Arc::new(env);
     let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(&cli.config),
-        Command::Check => check(&cli.config),
-        Command::Sign { client_ip, auth } => sign(&cli.config, client_ip, auth),
+        Command::Run => run(&cli.config, env),
+        Command::Check => check(&cli.config, env),
+        Command::Sign { client_ip, auth } => sign(&cli.config, env, client_ip, auth),
         Command::Keygen {
             algo,
             domain,
@@ -88,9 +95,11 @@ fn runtime_builder() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNET_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNET_LOG").unwrap_or_else(|_| {
+        // The Vault client logs every failed request itself; our own line says more, once.
+        tracing_subscriber::EnvFilter::try_new(format!("{level},vaultrs=off,rustify=off"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    });
     // Colours only for a person at a terminal, never into the journal or a log file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
@@ -102,8 +111,16 @@ fn init_logging(level: &str) {
         .init();
 }
 
-fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path)?;
+/// Loads the config, accepting `event_name`s of the callbacks the program registered.
+fn load(config_path: &Path, env: &Environment) -> anyhow::Result<Config> {
+    Ok(Config::load_with_callbacks(
+        config_path,
+        &env.callbacks.names(),
+    )?)
+}
+
+fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
+    let config = load(config_path, &env)?;
     init_logging(&config.log.level);
     for w in &config.signing.warnings {
         tracing::warn!("{w}");
@@ -111,7 +128,7 @@ fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     if config.signing.is_empty() {
         tracing::warn!("no [domain] or [signature] entries: nothing will be signed");
     }
-    let runtime = Runtime::new(config);
+    let runtime = Runtime::with_environment(config, env);
     runtime_builder()?.block_on(async move {
         // Load every key once at startup: problems show in the log now, not on the first message.
         for status in crate::check::key_statuses(&runtime).await {
@@ -130,13 +147,13 @@ fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path)?;
+fn check(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
+    let config = load(config_path, &env)?;
     println!("{}: configuration ok", config_path.display());
     for w in &config.signing.warnings {
         println!("warning: {w}");
     }
-    let runtime = Runtime::new(config);
+    let runtime = Runtime::with_environment(config, env);
     let statuses = runtime_builder()?.block_on(crate::check::key_statuses(&runtime));
     if statuses.is_empty() {
         println!("no signing entries: nothing will be signed");
@@ -195,10 +212,11 @@ fn print_table(header: &[&str; 5], rows: &[[String; 5]]) {
 
 fn sign(
     config_path: &Path,
+    env: Arc<Environment>,
     client_ip: Option<IpAddr>,
     auth: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path)?;
+    let config = load(config_path, &env)?;
     init_logging(&config.log.level);
     let mut raw = Vec::new();
     std::io::stdin()
@@ -210,7 +228,7 @@ fn sign(
         auth_user: auth,
         daemon_name: None,
     };
-    let runtime = Arc::new(Runtime::new(config));
+    let runtime = Arc::new(Runtime::with_environment(config, env));
     let mut stdout = std::io::stdout().lock();
     let Some(trust) = policy::may_sign(&runtime.config.milter, &origin) else {
         eprintln!(

@@ -255,6 +255,14 @@ impl Config {
                     ));
                 }
             }
+            if registered.contains(&name) {
+                return Err(at(
+                    Some(span),
+                    format!(
+                        "[callbacks.\"{name}\"]: this program already registers a callback named \"{name}\""
+                    ),
+                ));
+            }
             callbacks.insert(name, cb);
         }
         let mut callback_names: BTreeSet<String> = callbacks.keys().cloned().collect();
