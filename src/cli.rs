@@ -138,10 +138,24 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
         }
         let listener = server::bind(&runtime.config.milter).await?;
         let listen = runtime.config.milter.listen.clone();
+        let metrics = runtime.env.metrics.clone();
+        if let Some(addr) = runtime.config.metrics.listen {
+            let http = crate::metrics::bind(addr).await?;
+            tokio::spawn(crate::metrics::serve(http, metrics.clone(), std::future::pending()));
+            tracing::info!(listen = %addr, "metrics at /metrics, health at /healthz");
+        }
         let shared = Arc::new(ArcSwap::from_pointee(runtime));
         server::spawn_reload_on_sighup(config_path.to_owned(), shared.clone())?;
         tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), "signet-milter listening");
-        server::serve(listener, shared, server::termination()).await?;
+        metrics.set_ready(true);
+        let stopping = {
+            let metrics = metrics.clone();
+            async move {
+                server::termination().await;
+                metrics.set_ready(false);
+            }
+        };
+        server::serve(listener, shared, stopping).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -1,13 +1,19 @@
 //! Counters and histograms of the running milter, in Prometheus' text format.
 //!
 //! One [`Metrics`] lives as long as the process (it is shared by every configuration generation
-//! across reloads) and is handed to the parts that count.
+//! across reloads) and is handed to the parts that count. With `[metrics] listen`, [`serve`]
+//! exposes them at `/metrics`, with `/healthz` for liveness checks.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Label pairs with static names and values: no allocation to count.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
@@ -41,11 +47,50 @@ impl Lookup {
     }
 }
 
+/// What became of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageResult {
+    Signed,
+    /// Not signed because the client is neither trusted nor authenticated.
+    SkippedUntrusted,
+    /// Not signed because no signature applies (no usable From, no matching entry, or every
+    /// signature failed with `on_error = accept`).
+    SkippedNoSignature,
+    /// Refused by a failing signature's `on_error`.
+    Tempfailed,
+    Rejected,
+}
+
+impl MessageResult {
+    fn labels(self) -> Labels<2> {
+        let (result, reason) = match self {
+            MessageResult::Signed => ("signed", "ok"),
+            MessageResult::SkippedUntrusted => ("skipped", "untrusted"),
+            MessageResult::SkippedNoSignature => ("skipped", "no_signature"),
+            MessageResult::Tempfailed => ("failed", "tempfail"),
+            MessageResult::Rejected => ("failed", "reject"),
+        };
+        [("result", result), ("reason", reason)]
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignatureLabels {
+    domain: String,
+    algorithm: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    messages: Family<Labels<2>, Counter>,
+    signatures: Family<SignatureLabels, Counter>,
+    signature_failures: Family<Labels<1>, Counter>,
+    reloads: Family<Labels<1>, Counter>,
     key_lookups: Family<Labels<2>, Counter>,
     key_fetch_errors: Family<Labels<1>, Counter>,
     key_fetch_seconds: Family<Labels<1>, Histogram, fn() -> Histogram>,
+    /// A configuration is loaded and the milter socket is accepting connections.
+    ready: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -57,6 +102,35 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("signet");
+        let build_info = Family::<Labels<1>, Gauge>::default();
+        build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register("build_info", "The running version", build_info);
+        let messages = Family::<Labels<2>, Counter>::default();
+        registry.register(
+            "messages",
+            "Messages by result (signed, skipped, failed) and reason",
+            messages.clone(),
+        );
+        let signatures = Family::<SignatureLabels, Counter>::default();
+        registry.register(
+            "signatures",
+            "DKIM signatures added, by signing domain and algorithm",
+            signatures.clone(),
+        );
+        let signature_failures = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "signature_failures",
+            "Signatures that could not be made, by the on_error action taken",
+            signature_failures.clone(),
+        );
+        let reloads = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result",
+            reloads.clone(),
+        );
         let key_lookups = Family::<Labels<2>, Counter>::default();
         registry.register(
             "key_cache_lookups",
@@ -77,10 +151,52 @@ impl Metrics {
         );
         Metrics {
             registry,
+            messages,
+            signatures,
+            signature_failures,
+            reloads,
             key_lookups,
             key_fetch_errors,
             key_fetch_seconds,
+            ready: AtomicBool::new(false),
         }
+    }
+
+    pub fn message(&self, result: MessageResult) {
+        self.messages.get_or_create(&result.labels()).inc();
+    }
+
+    pub fn messages(&self, result: MessageResult) -> u64 {
+        self.messages.get_or_create(&result.labels()).get()
+    }
+
+    pub fn signature(&self, domain: &str, algorithm: &'static str) {
+        self.signatures
+            .get_or_create(&SignatureLabels {
+                domain: domain.to_string(),
+                algorithm,
+            })
+            .inc();
+    }
+
+    /// `action` is the `on_error` applied: `tempfail`, `reject` or `accept`.
+    pub fn signature_failure(&self, action: &'static str) {
+        self.signature_failures
+            .get_or_create(&[("action", action)])
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     pub fn key_lookup(&self, backend: &'static str, result: Lookup) {
@@ -120,6 +236,75 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Serves `/metrics` (Prometheus text) and `/healthz` (200 while ready, else 503) until
+/// `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let response = respond(&metrics, &request);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // A scraper that hangs up early is not worth a log line.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), connection).await;
+        });
+    }
+}
+
+/// Binds the metrics listener (an error names the address).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("metrics listener {addr}: {e}")))
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+fn respond<B>(metrics: &Metrics, request: &hyper::Request<B>) -> hyper::Response<Body> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        (&hyper::Method::GET, "/healthz") if metrics.is_ready() => {
+            (200, "text/plain", "ok\n".to_string())
+        }
+        (&hyper::Method::GET, "/healthz") => (503, "text/plain", "not ready\n".to_string()),
+        _ => (
+            404,
+            "text/plain",
+            "not found: try /metrics or /healthz\n".to_string(),
+        ),
+    };
+    let mut response = hyper::Response::new(Body::new(body.into()));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The milter protocol side: thin indymilter callbacks that hand each stage of a message to a
 //! [`MessageSession`], plus the one log line per message.
 
+use crate::metrics::{MessageResult, Metrics};
 use crate::policy::{self, ClientAddr, Origin};
 use crate::runtime::Runtime;
 use crate::session::{Failure, HeadersDecision, MessageSession};
@@ -37,6 +38,12 @@ struct Message {
     session: MessageSession,
     /// Why it may be signed, for the log line.
     trust: policy::Trust,
+}
+
+impl Message {
+    fn metrics(&self) -> &Arc<Metrics> {
+        &self.session.runtime().env.metrics
+    }
 }
 
 /// The callbacks of a signing milter reading its rules from `runtime`.
@@ -125,6 +132,7 @@ async fn mail(cx: &mut Context<Connection>, runtime: Arc<Runtime>, args: Vec<CSt
                 result = "not-signed",
                 "not signed: client is neither trusted nor authenticated"
             );
+            runtime.env.metrics.message(MessageResult::SkippedUntrusted);
             Status::Accept
         }
     }
@@ -150,12 +158,14 @@ async fn eoh(cx: &mut Context<Connection>) -> Status {
         HeadersDecision::Sign => Status::Continue,
         HeadersDecision::Skip(reason) => {
             info!(queue_id = %queue_id(&cx.macros), trust = %message.trust, result = "not-signed", "not signed: {reason}");
+            message.metrics().message(MessageResult::SkippedNoSignature);
             conn.message = None;
             Status::Accept
         }
         HeadersDecision::Refuse(failure) => {
+            let metrics = message.metrics().clone();
             conn.message = None;
-            refuse(&queue_id(&cx.macros), &mut cx.reply, &failure)
+            refuse(&queue_id(&cx.macros), &mut cx.reply, &failure, &metrics)
         }
     }
 }
@@ -172,9 +182,10 @@ async fn eom(cx: &mut EomContext<Connection>) -> Status {
         return Status::Continue;
     };
     let queue_id = queue_id(&cx.macros);
+    let metrics = message.metrics().clone();
     let outcome = message.session.finish();
     if let Some(failure) = &outcome.refusal {
-        return refuse(&queue_id, &mut cx.reply, failure);
+        return refuse(&queue_id, &mut cx.reply, failure, &metrics);
     }
     for signed in &outcome.signed {
         // RFC 6376 §5.6: above any existing DKIM-Signature; index 0 is the top of the header.
@@ -194,10 +205,16 @@ async fn eom(cx: &mut EomContext<Connection>) -> Status {
         .collect();
     for failure in &outcome.accepted_failures {
         warn!(queue_id = %queue_id, "signature left out: {failure}");
+        metrics.signature_failure("accept");
+    }
+    for signed in &outcome.signed {
+        metrics.signature(&signed.domain, signed.algo.dkim_name());
     }
     let result = if outcome.signed.is_empty() {
+        metrics.message(MessageResult::SkippedNoSignature);
         "not-signed"
     } else {
+        metrics.message(MessageResult::Signed);
         "signed"
     };
     info!(
@@ -224,8 +241,18 @@ async fn close(cx: &mut Context<Connection>) -> Status {
 }
 
 /// Applies a refusing failure: logs it in full, tells the MTA only what is safe to say.
-fn refuse(queue_id: &str, reply: &mut indymilter::SmtpReply, failure: &Failure) -> Status {
+fn refuse(
+    queue_id: &str,
+    reply: &mut indymilter::SmtpReply,
+    failure: &Failure,
+    metrics: &Metrics,
+) -> Status {
     warn!(queue_id = %queue_id, result = %failure.action, "not signed: {failure}");
+    metrics.signature_failure(failure.action.as_str());
+    metrics.message(match failure.action {
+        crate::config::OnError::Reject => MessageResult::Rejected,
+        _ => MessageResult::Tempfailed,
+    });
     let (code, enhanced, text) = failure.smtp_reply();
     // The text is ours, short and single-line; should the MTA reject it, its default reply stands.
     let _ = reply.set_error_reply(code, Some(enhanced), [text]);

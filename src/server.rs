@@ -185,15 +185,20 @@ pub fn reload(path: &Path, runtime: &ArcSwap<Runtime>) -> bool {
             if new.config.milter.listen != current.config.milter.listen {
                 warn!("the listen address changed; it takes effect at the next restart");
             }
+            if new.config.metrics != current.config.metrics {
+                warn!("[metrics] changed; it takes effect at the next restart");
+            }
             for w in &new.config.signing.warnings {
                 warn!("{w}");
             }
             runtime.store(Arc::new(new));
             info!(config = %path.display(), "configuration reloaded");
+            current.env.metrics.reload(true);
             true
         }
         Err(e) => {
             error!("configuration not reloaded, the running one stays: {e}");
+            current.env.metrics.reload(false);
             false
         }
     }

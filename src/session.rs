@@ -116,6 +116,11 @@ pub struct MessageSession {
 }
 
 impl MessageSession {
+    /// The configuration generation this message works with.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     pub fn new(runtime: Arc<Runtime>, leading_space: bool) -> Self {
         MessageSession {
             runtime,

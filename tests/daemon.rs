@@ -75,11 +75,23 @@ async fn runs_signs_reloads_and_stops_on_signals() {
     )
     .unwrap();
     let socket = dir.path().join("milter.sock");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let good = format!(
-        "[milter]\nlisten = \"unix:{}\"\n[keys]\ndirectory = \"{}\"\n[domain.\"example.com\"]\nselector = \"s1\"\n",
+        "[milter]\nlisten = \"unix:{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+         [keys]\ndirectory = \"{}\"\n[domain.\"example.com\"]\nselector = \"s1\"\n",
         socket.display(),
         keys.display()
     );
+    let scrape = |path: &'static str| async move {
+        let response = reqwest::get(format!("http://127.0.0.1:{metrics_port}{path}"))
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
     let config = dir.path().join("signet-milter.toml");
     std::fs::write(
         &config,
@@ -94,6 +106,7 @@ async fn runs_signs_reloads_and_stops_on_signals() {
         "{warning}"
     );
     daemon.expect_log("signet-milter listening");
+    assert_eq!(scrape("/healthz").await, (200, "ok\n".to_string()));
 
     let mut conn = TestConnection::configure()
         .available_actions(Actions::all())
@@ -119,6 +132,22 @@ async fn runs_signs_reloads_and_stops_on_signals() {
     std::fs::write(&config, &good).unwrap();
     daemon.signal(libc::SIGHUP);
     daemon.expect_log("configuration reloaded");
+
+    let (status, metrics) = scrape("/metrics").await;
+    assert_eq!(status, 200);
+    for expected in [
+        "signet_build_info{version=\"",
+        "signet_messages_total{result=\"signed\",reason=\"ok\"} 1",
+        "signet_signatures_total{domain=\"example.com\",algorithm=\"ed25519-sha256\"} 1",
+        "signet_key_cache_lookups_total{backend=\"file\",result=\"hit\"}",
+        "signet_key_fetch_duration_seconds_count{backend=\"file\"}",
+        "signet_key_fetch_errors_total{backend=\"file\"} 1",
+        "signet_config_reloads_total{result=\"ok\"} 1",
+        "signet_config_reloads_total{result=\"failed\"} 1",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in:\n{metrics}");
+    }
+    assert_eq!(scrape("/nope").await.0, 404);
 
     drop(conn);
     daemon.signal(libc::SIGTERM);

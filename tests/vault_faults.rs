@@ -12,6 +12,7 @@ use signet_milter::config::Config;
 use signet_milter::keys::KeyError;
 use signet_milter::keys::generate::KeyKind;
 use signet_milter::keysource::{ResolvedKeySource, VaultSource};
+use signet_milter::metrics::{Lookup, MessageResult};
 use signet_milter::runtime::Runtime;
 use std::path::Path;
 use std::sync::Arc;
@@ -268,6 +269,16 @@ async fn during_an_outage_cached_keys_sign_cold_keys_tempfail_and_recovery_needs
     assert_eq!(
         cold.tempfailed, 120,
         "its mail is tempfailed, not sent unsigned"
+    );
+    let metrics = milter.runtime.load().env.metrics.clone();
+    assert_eq!(metrics.messages(MessageResult::Tempfailed), 120);
+    assert!(
+        metrics.key_lookups("vault", Lookup::Stale) >= 100,
+        "served stale"
+    );
+    assert!(
+        metrics.key_lookups("vault", Lookup::Negative) > 0,
+        "failures were cached"
     );
 
     // The backend returns with a rotated key for example.com: both domains sign with current

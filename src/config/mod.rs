@@ -1,5 +1,5 @@
 //! The configuration file: one TOML document with the daemon's sections (`[milter]`, `[keys]`,
-//! `[cache]`, `[log]`, `[vault]`, `[callbacks]`) and KumoMTA's `dkim_sign` signing table (`[base]`,
+//! `[cache]`, `[log]`, `[metrics]`, `[vault]`, `[callbacks]`) and KumoMTA's `dkim_sign` signing table (`[base]`,
 //! `[domain."…"]`, `[signature."…"]`).
 //!
 //! Loading parses into validated types: after [`Config::load`] succeeds, every duration, network,
@@ -40,6 +40,7 @@ pub struct Config {
     pub keys: KeySettings,
     pub cache: CacheSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
     pub vault: VaultSettings,
     pub callbacks: BTreeMap<String, CallbackSettings>,
     pub signing: SigningTable,
@@ -117,6 +118,14 @@ impl Default for CacheSettings {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Address for `/metrics` and `/healthz`, e.g. `127.0.0.1:9199`; unset: no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +173,7 @@ struct RawConfig {
     keys: Option<KeySettings>,
     cache: Option<CacheSettings>,
     log: Option<LogSettings>,
+    metrics: Option<MetricsSettings>,
     vault: Option<VaultSettings>,
     #[serde(default)]
     callbacks: BTreeMap<String, toml::Spanned<CallbackSettings>>,
@@ -285,6 +295,7 @@ impl Config {
             keys,
             cache,
             log,
+            metrics: raw.metrics.unwrap_or_default(),
             vault,
             callbacks,
             signing,

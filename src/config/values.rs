@@ -52,13 +52,19 @@ pub enum OnError {
     Reject,
 }
 
-impl fmt::Display for OnError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl OnError {
+    pub fn as_str(self) -> &'static str {
+        match self {
             OnError::Accept => "accept",
             OnError::Tempfail => "tempfail",
             OnError::Reject => "reject",
-        })
+        }
+    }
+}
+
+impl fmt::Display for OnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
