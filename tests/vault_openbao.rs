@@ -393,3 +393,43 @@ selector = "kumo"
     )
     .await;
 }
+
+/// TLS is always verified: `VAULT_SKIP_VERIFY` in the environment does not turn it off, and
+/// `[vault] ca_cert` is how a private CA is trusted.
+#[test]
+fn tls_is_verified_whatever_vault_skip_verify_says() {
+    let Some(bao) = OpenBao::start_tls() else {
+        return;
+    };
+    let (pem, _) = new_key();
+    bao.put_key("secret/dkim/example.com", "key", &pem);
+    let dir = tempfile::tempdir().unwrap();
+    let table = "[domain.\"example.com\"]\nselector = \"s1\"\nkey = { vault_mount = \"secret\", vault_path = \"dkim/{domain}\" }\n";
+    let check = |vault_extra: String| {
+        let config = dir.path().join("c.toml");
+        std::fs::write(
+            &config,
+            format!("{}{vault_extra}\n{table}", vault_config(&bao, "")),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_signet-milter"))
+            .args(["--config".as_ref(), config.as_os_str(), "check".as_ref()])
+            .env("VAULT_SKIP_VERIFY", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, out) = check(String::new());
+    assert!(
+        !ok,
+        "an unknown CA is refused despite VAULT_SKIP_VERIFY=1:\n{out}"
+    );
+    assert!(out.contains("certificate"), "{out}");
+    let ca = bao.ca_cert.as_ref().unwrap();
+    let (ok, out) = check(format!("ca_cert = \"{}\"", ca.display()));
+    assert!(ok, "trusted through ca_cert:\n{out}");
+    assert!(out.contains("ok"), "{out}");
+}

@@ -14,6 +14,8 @@ pub const ROOT_TOKEN: &str = "root";
 
 pub struct OpenBao {
     pub addr: String,
+    /// With TLS: the CA that signed the server's certificate.
+    pub ca_cert: Option<PathBuf>,
     binary: PathBuf,
     child: Child,
     _dir: tempfile::TempDir,
@@ -31,6 +33,15 @@ impl OpenBao {
     /// A fresh dev server, or `None` (with a message) when `SIGNET_SKIP_OPENBAO=1` and no
     /// binary is installed. Without that variable a missing binary fails the test.
     pub fn start() -> Option<Self> {
+        Self::start_with(false)
+    }
+
+    /// A dev server on HTTPS, with a certificate from its own throwaway CA.
+    pub fn start_tls() -> Option<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<Self> {
         let Some(binary) = binary() else {
             if std::env::var_os("SIGNET_SKIP_OPENBAO").is_some_and(|v| v == "1") {
                 eprintln!("SKIPPED: no OpenBao `bao` binary and SIGNET_SKIP_OPENBAO=1");
@@ -48,21 +59,28 @@ impl OpenBao {
             .port();
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
+        let mut args = vec![
+            "server".to_string(),
+            "-dev".into(),
+            format!("-dev-root-token-id={ROOT_TOKEN}"),
+            format!("-dev-listen-address=127.0.0.1:{port}"),
+        ];
+        if tls {
+            args.push("-dev-tls".into());
+            args.push(format!("-dev-tls-cert-dir={}", dir.path().display()));
+        }
         let child = Command::new(&binary)
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={ROOT_TOKEN}"),
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
+            .args(&args)
             .env_remove("VAULT_ADDR")
             .env_remove("BAO_ADDR")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start bao server -dev");
+        let scheme = if tls { "https" } else { "http" };
         let bao = OpenBao {
-            addr: format!("http://127.0.0.1:{port}"),
+            addr: format!("{scheme}://127.0.0.1:{port}"),
+            ca_cert: tls.then(|| dir.path().join("vault-ca.pem")),
             binary,
             child,
             _dir: dir,
@@ -86,6 +104,9 @@ impl OpenBao {
             .env("BAO_TOKEN", ROOT_TOKEN)
             .env_remove("BAO_NAMESPACE")
             .env_remove("VAULT_NAMESPACE");
+        if let Some(ca) = &self.ca_cert {
+            command.env("BAO_CACERT", ca);
+        }
         command
     }
 
