@@ -124,9 +124,11 @@ selector = "s1"
 key = { vault_mount = "secret", vault_path = "dkim/{domain}" }
 "#;
 
+/// A milter config reading keys from `vault`; the timeout is generous, as these tests are
+/// about the cache, not about slow servers.
 fn milter_config(vault: &FakeVault, cache: &str) -> String {
     format!(
-        "[vault]\naddress = \"{}\"\ntoken = \"{TOKEN}\"\ntimeout = \"500ms\"\n[cache]\n{cache}\n{VAULT_TABLE}",
+        "[vault]\naddress = \"{}\"\ntoken = \"{TOKEN}\"\ntimeout = \"5s\"\n[cache]\n{cache}\n{VAULT_TABLE}",
         vault.url()
     )
 }
@@ -253,9 +255,10 @@ async fn during_an_outage_cached_keys_sign_cold_keys_tempfail_and_recovery_needs
     assert_eq!(status, Status::Continue);
     assert_eq!(inserted.len(), 1);
 
-    // The backend goes away for three ttl periods while mail keeps coming.
+    // The backend goes away, the cached key's ttl passes, and mail keeps coming.
     vault.stop().await;
     vault.put("secret/dkim/cold.example", "key", &cold_pem);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (warm, cold) = load(&milter, &keys, 30).await;
     assert_eq!(
         warm.tempfailed, 0,

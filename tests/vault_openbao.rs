@@ -213,12 +213,12 @@ fn approle_config(bao: &OpenBao, role_id: &str, secret_id_file: &Path) -> String
 async fn an_approle_token_is_renewed_before_it_expires() {
     let Some(bao) = OpenBao::start() else { return };
     let dir = tempfile::tempdir().unwrap();
-    // A 3 s token, and a secret ID good for one login only: after 3 s only renewal can keep
+    // A 6 s token, and a secret ID good for one login only: after 6 s only renewal can keep
     // the session alive.
     let (role_id, secret_id_file) = approle(
         &bao,
         dir.path(),
-        &["token_ttl=3s", "token_max_ttl=1h", "secret_id_num_uses=1"],
+        &["token_ttl=6s", "token_max_ttl=1h", "secret_id_num_uses=1"],
     );
     let (pem, public) = new_key();
     bao.put_key("secret/dkim/example.com", "key", &pem);
@@ -226,11 +226,11 @@ async fn an_approle_token_is_renewed_before_it_expires() {
     let src = source("secret", "dkim/example.com", "key");
     assert_eq!(get(&rt, &src).await.unwrap().public_key_base64(), public);
 
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let (pem2, public2) = new_key();
     bao.put_key("secret/dkim/example.com", "key", &pem2);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // 7 s after login, 2 token lifetimes: this read works only with a renewed token.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // 13 s after login, two token lifetimes: this read works only with a renewed token.
     let key = get(&rt, &src).await.unwrap();
     assert_eq!(
         key.public_key_base64(),
