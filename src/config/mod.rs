@@ -71,6 +71,13 @@ pub struct MilterSettings {
     /// of Postfix smtpd + cleanup processes that use the milter.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// At SIGTERM/SIGINT: how long messages already under way may take to finish before the
+    /// remaining connections are closed (the MTA then applies its milter_default_action).
+    #[serde(
+        default = "default_shutdown_timeout",
+        deserialize_with = "humantime_serde_compat::deserialize"
+    )]
+    pub shutdown_timeout: Duration,
 }
 
 /// `[keys]`: where file keys live by default and how strictly they are checked.
@@ -245,6 +252,9 @@ fn default_trusted_networks() -> Vec<IpNet> {
 }
 fn default_max_connections() -> usize {
     256
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_key_directory() -> PathBuf {
     DEFAULT_KEY_DIRECTORY.into()
