@@ -124,6 +124,7 @@ fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         let shared = Arc::new(ArcSwap::from_pointee(runtime));
         server::spawn_reload_on_sighup(config_path.to_owned(), shared.clone())?;
         tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), "signet-milter listening");
+        crate::notify::ready(&format!("listening on {listen}"));
         server::serve(listener, shared, server::termination()).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)

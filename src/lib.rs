@@ -11,6 +11,7 @@ pub mod keys;
 pub mod keysource;
 pub mod message;
 pub mod milter;
+pub mod notify;
 pub mod policy;
 pub mod runtime;
 pub mod server;

@@ -2,6 +2,7 @@
 
 use crate::config::{ListenAddr, MilterSettings};
 use crate::milter;
+use crate::notify;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use indymilter::{EitherListener, Listener};
@@ -235,7 +236,13 @@ pub fn spawn_reload_on_sighup(path: PathBuf, runtime: Arc<ArcSwap<Runtime>>) -> 
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            reload(&path, &runtime);
+            notify::reloading();
+            let status = if reload(&path, &runtime) {
+                "configuration reloaded"
+            } else {
+                "reload failed; the previous configuration is in use"
+            };
+            notify::reloaded(status);
         }
     });
     Ok(())
@@ -276,4 +283,5 @@ pub async fn termination() {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = int.recv() => info!("SIGINT: shutting down"),
     }
+    notify::stopping();
 }
