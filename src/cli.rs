@@ -87,24 +87,9 @@ fn runtime_builder() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNET_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a person at a terminal, never into the journal or a log file.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
-}
-
 fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
-    init_logging(&config.log.level);
+    crate::logging::init(&config.log);
     for w in &config.signing.warnings {
         tracing::warn!("{w}");
     }
@@ -200,7 +185,7 @@ fn sign(
     auth: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
-    init_logging(&config.log.level);
+    crate::logging::init(&config.log);
     let mut raw = Vec::new();
     std::io::stdin()
         .read_to_end(&mut raw)

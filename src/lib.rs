@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod keys;
 pub mod keysource;
+pub mod logging;
 pub mod message;
 pub mod milter;
 pub mod notify;

@@ -99,6 +99,18 @@ pub struct LogSettings {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `signet_milter=debug`.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// `text` (the default) or `json`: one JSON object per line.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[vault]`: defaults for every Vault key source.
@@ -182,6 +194,7 @@ impl Config {
         });
         let log = raw.log.unwrap_or_else(|| LogSettings {
             level: default_log_level(),
+            format: LogFormat::default(),
         });
         let vault = raw.vault.unwrap_or_default();
         if let Some(address) = &vault.address {
