@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use std::io::{Read as _, Write as _};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,7 +34,14 @@ enum Command {
     /// Run the milter (the default).
     Run,
     /// Validate the configuration and try every key; exit 1 on any problem.
-    Check,
+    Check {
+        /// Also look up every selector's TXT record in DNS and compare it with the key.
+        #[arg(long)]
+        dns: bool,
+        /// Ask this DNS server (IP or IP:PORT) instead of the system's resolvers.
+        #[arg(long, requires = "dns", value_name = "ADDR", value_parser = parse_dns_server)]
+        dns_server: Option<SocketAddr>,
+    },
     /// Sign the message on stdin by the configured rules and write it to stdout.
     Sign {
         /// The client address the message came from (default: a local submission).
@@ -62,7 +69,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
-        Command::Check => check(&cli.config),
+        Command::Check { dns, dns_server } => check(&cli.config, dns.then_some(dns_server)),
         Command::Sign { client_ip, auth } => sign(&cli.config, client_ip, auth),
         Command::Keygen {
             algo,
@@ -116,14 +123,16 @@ fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
+/// `dns`: `None` for no DNS check, `Some(None)` for the system's resolvers.
+fn check(config_path: &Path, dns: Option<Option<SocketAddr>>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     println!("{}: configuration ok", config_path.display());
     for w in &config.signing.warnings {
         println!("warning: {w}");
     }
     let runtime = Runtime::new(config);
-    let statuses = runtime_builder()?.block_on(crate::check::key_statuses(&runtime));
+    let tokio = runtime_builder()?;
+    let statuses = tokio.block_on(crate::check::key_statuses(&runtime));
     if statuses.is_empty() {
         println!("no signing entries: nothing will be signed");
         return Ok(ExitCode::SUCCESS);
@@ -150,22 +159,65 @@ fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
     let failed = statuses.iter().filter(|s| s.status.is_err()).count();
     if failed > 0 {
         println!("{failed} of {} keys not usable", statuses.len());
-        return Ok(ExitCode::FAILURE);
     }
-    Ok(ExitCode::SUCCESS)
+    let dns_ok = match dns {
+        Some(server) => tokio.block_on(check_dns(&runtime, server))?,
+        None => true,
+    };
+    Ok(if failed == 0 && dns_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-fn print_table(header: &[&str; 5], rows: &[[String; 5]]) {
+/// Prints what DNS publishes for every selector; returns whether all of it is right.
+async fn check_dns(runtime: &Runtime, server: Option<SocketAddr>) -> anyhow::Result<bool> {
+    let resolver = crate::dns_check::resolver(server).map_err(anyhow::Error::msg)?;
+    let published = crate::dns_check::check_published_keys(runtime, &resolver).await;
+    let asked = server.map_or("the system's resolvers".to_string(), |s| s.to_string());
+    println!();
+    println!("DNS ({asked}):");
+    let rows: Vec<[String; 3]> = published
+        .iter()
+        .map(|p| [p.name(), p.entry.clone(), p.status.to_string()])
+        .collect();
+    print_table(&["NAME", "ENTRY", "PUBLISHED KEY"], &rows);
+    let problems: Vec<_> = published.iter().filter(|p| p.status.is_problem()).collect();
+    for p in &problems {
+        if let (Some(key), true) = (&p.key, p.status.wants_record()) {
+            println!("publish for {}:", p.name());
+            println!("  {}", zone_record(&p.domain, &p.selector, key));
+        }
+    }
+    if !problems.is_empty() {
+        println!(
+            "{} of {} DNS records not right",
+            problems.len(),
+            published.len()
+        );
+    }
+    Ok(problems.is_empty())
+}
+
+/// `IP` (port 53) or `IP:PORT`; IPv6 as `[::1]:5353`.
+fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("\"{text}\" is not an IP address or IP:PORT"))
+}
+
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; 5]| {
+    let line = |cells: [&str; N]| {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate() {
-            if i == 4 {
+            if i == N - 1 {
                 out.push_str(cell);
             } else {
                 out.push_str(&format!("{cell:<width$}  ", width = widths[i]));

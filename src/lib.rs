@@ -7,6 +7,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod dns_check;
 pub mod keys;
 pub mod keysource;
 pub mod logging;
