@@ -19,7 +19,13 @@ use std::sync::Arc;
 #[command(
     name = "signet-milter",
     version,
-    about = "DKIM signing milter for Postfix and Sendmail"
+    about = "DKIM signing milter for Postfix and Sendmail",
+    long_about = "signet-milter signs outgoing mail with DKIM (RSA-SHA256 and Ed25519-SHA256) for \
+the domains in its configuration, as a milter behind Postfix or Sendmail. It signs only mail \
+from trusted networks, SMTP-authenticated senders and listed MTA services, streams message \
+bodies through the signer, and applies on_error (tempfail by default) when a key cannot be \
+had, so that mail never leaves unsigned by accident.\n\n\
+Without a command it runs the milter (the same as the run command)."
 )]
 pub struct Cli {
     /// Configuration file.
@@ -63,6 +69,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write the manual pages (signet-milter.8 and one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -77,6 +89,9 @@ pub fn main() -> ExitCode {
             selector,
             out,
         } => keygen(algo, &domain, &selector, &out),
+        Command::Man { out } => crate::manpage::write_pages(&out)
+            .map(|_| ExitCode::SUCCESS)
+            .with_context(|| format!("cannot write the manual pages into {}", out.display())),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@ pub mod dns_check;
 pub mod keys;
 pub mod keysource;
 pub mod logging;
+pub mod manpage;
 pub mod message;
 pub mod milter;
 pub mod notify;
