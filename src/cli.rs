@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use std::io::{Read as _, Write as _};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,7 +19,13 @@ use std::sync::Arc;
 #[command(
     name = "signet-milter",
     version,
-    about = "DKIM signing milter for Postfix and Sendmail"
+    about = "DKIM signing milter for Postfix and Sendmail",
+    long_about = "signet-milter signs outgoing mail with DKIM (RSA-SHA256 and Ed25519-SHA256) for \
+the domains in its configuration, as a milter behind Postfix or Sendmail. It signs only mail \
+from trusted networks, SMTP-authenticated senders and listed MTA services, streams message \
+bodies through the signer, and applies on_error (tempfail by default) when a key cannot be \
+had, so that mail never leaves unsigned by accident.\n\n\
+Without a command it runs the milter (the same as the run command)."
 )]
 pub struct Cli {
     /// Configuration file.
@@ -34,7 +40,14 @@ enum Command {
     /// Run the milter (the default).
     Run,
     /// Validate the configuration and try every key; exit 1 on any problem.
-    Check,
+    Check {
+        /// Also look up every selector's TXT record in DNS and compare it with the key.
+        #[arg(long)]
+        dns: bool,
+        /// Ask this DNS server (IP or IP:PORT) instead of the system's resolvers.
+        #[arg(long, requires = "dns", value_name = "ADDR", value_parser = parse_dns_server)]
+        dns_server: Option<SocketAddr>,
+    },
     /// Sign the message on stdin by the configured rules and write it to stdout.
     Sign {
         /// The client address the message came from (default: a local submission).
@@ -56,6 +69,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write the manual pages (signet-milter.8 and one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -69,7 +88,7 @@ pub fn main_with(env: Environment) -> ExitCode {
     let env = Arc::new(env);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config, env),
-        Command::Check => check(&cli.config, env),
+        Command::Check { dns, dns_server } => check(&cli.config, env, dns.then_some(dns_server)),
         Command::Sign { client_ip, auth } => sign(&cli.config, env, client_ip, auth),
         Command::Keygen {
             algo,
@@ -77,6 +96,9 @@ pub fn main_with(env: Environment) -> ExitCode {
             selector,
             out,
         } => keygen(algo, &domain, &selector, &out),
+        Command::Man { out } => crate::manpage::write_pages(&out)
+            .map(|_| ExitCode::SUCCESS)
+            .with_context(|| format!("cannot write the manual pages into {}", out.display())),
     };
     match result {
         Ok(code) => code,
@@ -94,23 +116,6 @@ fn runtime_builder() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGNET_LOG").unwrap_or_else(|_| {
-        // The Vault client logs every failed request itself; our own line says more, once.
-        tracing_subscriber::EnvFilter::try_new(format!("{level},vaultrs=off,rustify=off"))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-    });
-    // Colours only for a person at a terminal, never into the journal or a log file.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
-}
-
 /// Loads the config, accepting `event_name`s of the callbacks the program registered.
 fn load(config_path: &Path, env: &Environment) -> anyhow::Result<Config> {
     Ok(Config::load_with_callbacks(
@@ -121,7 +126,7 @@ fn load(config_path: &Path, env: &Environment) -> anyhow::Result<Config> {
 
 fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     let config = load(config_path, &env)?;
-    init_logging(&config.log.level);
+    crate::logging::init(&config.log);
     for w in &config.signing.warnings {
         tracing::warn!("{w}");
     }
@@ -147,6 +152,7 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
         let shared = Arc::new(ArcSwap::from_pointee(runtime));
         server::spawn_reload_on_sighup(config_path.to_owned(), shared.clone())?;
         tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), "signet-milter listening");
+        crate::notify::ready(&format!("listening on {listen}"));
         metrics.set_ready(true);
         let stopping = {
             let metrics = metrics.clone();
@@ -161,14 +167,20 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn check(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
+/// `dns`: `None` for no DNS check, `Some(None)` for the system's resolvers.
+fn check(
+    config_path: &Path,
+    env: Arc<Environment>,
+    dns: Option<Option<SocketAddr>>,
+) -> anyhow::Result<ExitCode> {
     let config = load(config_path, &env)?;
     println!("{}: configuration ok", config_path.display());
     for w in &config.signing.warnings {
         println!("warning: {w}");
     }
     let runtime = Runtime::with_environment(config, env);
-    let statuses = runtime_builder()?.block_on(crate::check::key_statuses(&runtime));
+    let tokio = runtime_builder()?;
+    let statuses = tokio.block_on(crate::check::key_statuses(&runtime));
     if statuses.is_empty() {
         println!("no signing entries: nothing will be signed");
         return Ok(ExitCode::SUCCESS);
@@ -195,22 +207,65 @@ fn check(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> 
     let failed = statuses.iter().filter(|s| s.status.is_err()).count();
     if failed > 0 {
         println!("{failed} of {} keys not usable", statuses.len());
-        return Ok(ExitCode::FAILURE);
     }
-    Ok(ExitCode::SUCCESS)
+    let dns_ok = match dns {
+        Some(server) => tokio.block_on(check_dns(&runtime, server))?,
+        None => true,
+    };
+    Ok(if failed == 0 && dns_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-fn print_table(header: &[&str; 5], rows: &[[String; 5]]) {
+/// Prints what DNS publishes for every selector; returns whether all of it is right.
+async fn check_dns(runtime: &Runtime, server: Option<SocketAddr>) -> anyhow::Result<bool> {
+    let resolver = crate::dns_check::resolver(server).map_err(anyhow::Error::msg)?;
+    let published = crate::dns_check::check_published_keys(runtime, &resolver).await;
+    let asked = server.map_or("the system's resolvers".to_string(), |s| s.to_string());
+    println!();
+    println!("DNS ({asked}):");
+    let rows: Vec<[String; 3]> = published
+        .iter()
+        .map(|p| [p.name(), p.entry.clone(), p.status.to_string()])
+        .collect();
+    print_table(&["NAME", "ENTRY", "PUBLISHED KEY"], &rows);
+    let problems: Vec<_> = published.iter().filter(|p| p.status.is_problem()).collect();
+    for p in &problems {
+        if let (Some(key), true) = (&p.key, p.status.wants_record()) {
+            println!("publish for {}:", p.name());
+            println!("  {}", zone_record(&p.domain, &p.selector, key));
+        }
+    }
+    if !problems.is_empty() {
+        println!(
+            "{} of {} DNS records not right",
+            problems.len(),
+            published.len()
+        );
+    }
+    Ok(problems.is_empty())
+}
+
+/// `IP` (port 53) or `IP:PORT`; IPv6 as `[::1]:5353`.
+fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("\"{text}\" is not an IP address or IP:PORT"))
+}
+
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; 5]| {
+    let line = |cells: [&str; N]| {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate() {
-            if i == 4 {
+            if i == N - 1 {
                 out.push_str(cell);
             } else {
                 out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
@@ -231,7 +286,7 @@ fn sign(
     auth: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let config = load(config_path, &env)?;
-    init_logging(&config.log.level);
+    crate::logging::init(&config.log);
     let mut raw = Vec::new();
     std::io::stdin()
         .read_to_end(&mut raw)

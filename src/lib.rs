@@ -7,11 +7,15 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod dns_check;
 pub mod keys;
 pub mod keysource;
+pub mod logging;
+pub mod manpage;
 pub mod message;
 pub mod metrics;
 pub mod milter;
+pub mod notify;
 pub mod policy;
 pub mod runtime;
 pub mod server;

@@ -12,6 +12,7 @@ use indymilter::{
 };
 use std::ffi::{CStr, CString};
 use std::sync::Arc;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// Macros requested per stage. Postfix starts from an empty list when a milter asks, so every
@@ -38,6 +39,45 @@ struct Message {
     session: MessageSession,
     /// Why it may be signed, for the log line.
     trust: policy::Trust,
+    /// Counts the message as in flight until it is finished, refused or aborted.
+    _in_flight: InFlightGuard,
+}
+
+/// The number of messages between `MAIL FROM` and their end (signed, refused, skipped or
+/// aborted), so that a shutdown can let them finish first.
+#[derive(Clone)]
+pub struct MessagesInFlight(Arc<watch::Sender<usize>>);
+
+impl Default for MessagesInFlight {
+    fn default() -> Self {
+        MessagesInFlight(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl MessagesInFlight {
+    fn start(&self) -> InFlightGuard {
+        self.0.send_modify(|n| *n += 1);
+        InFlightGuard(self.0.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Completes when no message is in flight.
+    pub async fn idle(&self) {
+        let mut count = self.0.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = count.wait_for(|n| *n == 0).await;
+    }
+}
+
+struct InFlightGuard(Arc<watch::Sender<usize>>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Message {
@@ -47,14 +87,18 @@ impl Message {
 }
 
 /// The callbacks of a signing milter reading its rules from `runtime`.
-pub fn callbacks(runtime: Arc<ArcSwap<Runtime>>) -> Callbacks<Connection> {
+pub fn callbacks(
+    runtime: Arc<ArcSwap<Runtime>>,
+    in_flight: MessagesInFlight,
+) -> Callbacks<Connection> {
     let on_mail = runtime.clone();
     Callbacks::new()
         .on_negotiate(|cx, _actions, opts| Box::pin(negotiate(cx, opts)))
         .on_connect(|cx, _hostname, socket| Box::pin(connect(cx, socket)))
         .on_mail(move |cx, args| {
             let runtime = on_mail.load_full();
-            Box::pin(mail(cx, runtime, args))
+            let in_flight = in_flight.clone();
+            Box::pin(mail(cx, runtime, in_flight, args))
         })
         .on_header(|cx, name, value| Box::pin(header(cx, name, value)))
         .on_eoh(|cx| Box::pin(eoh(cx)))
@@ -100,7 +144,12 @@ async fn connect(cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
     Status::Continue
 }
 
-async fn mail(cx: &mut Context<Connection>, runtime: Arc<Runtime>, args: Vec<CString>) -> Status {
+async fn mail(
+    cx: &mut Context<Connection>,
+    runtime: Arc<Runtime>,
+    in_flight: MessagesInFlight,
+    args: Vec<CString>,
+) -> Status {
     let Some(conn) = cx.data.as_mut() else {
         return Status::Tempfail;
     };
@@ -116,6 +165,7 @@ async fn mail(cx: &mut Context<Connection>, runtime: Arc<Runtime>, args: Vec<CSt
             conn.message = Some(Message {
                 session: MessageSession::new(runtime, conn.leading_space),
                 trust,
+                _in_flight: in_flight.start(),
             });
             Status::Continue
         }

@@ -2,15 +2,20 @@
 
 use crate::config::{ListenAddr, MilterSettings};
 use crate::milter;
+use crate::notify;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use indymilter::{EitherListener, Listener};
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -149,20 +154,80 @@ fn group_id(name: &str) -> Option<u32> {
     (rc == 0 && !result.is_null()).then_some(group.gr_gid)
 }
 
-/// Serves milter connections until `shutdown` completes.
+/// Serves milter connections until `shutdown` completes, then shuts down gracefully: stops
+/// accepting and removes the unix socket at once, lets the messages in flight finish for up to
+/// `[milter] shutdown_timeout`, and then closes every connection that is left.
 pub async fn serve(
     listener: BoundListener,
     runtime: Arc<ArcSwap<Runtime>>,
-    shutdown: impl std::future::Future,
+    shutdown: impl Future,
 ) -> io::Result<()> {
+    let settings = runtime.load().config.milter.clone();
     let config = indymilter::Config {
-        max_connections: runtime.load().config.milter.max_connections,
+        max_connections: settings.max_connections,
         ..Default::default()
     };
+    let in_flight = milter::MessagesInFlight::default();
     let BoundListener { listener, socket } = listener;
-    let result = indymilter::run(listener, milter::callbacks(runtime), config, shutdown).await;
-    drop(socket); // the socket file goes only after the last session ended
-    result
+    let (stop_accepting, accepting_stopped) = oneshot::channel();
+    let listener = StopAccepting {
+        inner: Some(listener),
+        stop: accepting_stopped,
+    };
+    let drained = {
+        let in_flight = in_flight.clone();
+        async move {
+            shutdown.await;
+            let _ = stop_accepting.send(());
+            // New connections fail at once instead of waiting in a backlog nobody accepts.
+            drop(socket);
+            finish_in_flight(&in_flight, settings.shutdown_timeout).await;
+        }
+    };
+    // indymilter closes every remaining connection when `drained` completes.
+    indymilter::run(
+        listener,
+        milter::callbacks(runtime, in_flight),
+        config,
+        drained,
+    )
+    .await
+}
+
+/// Waits until no message is in flight, or `bound` has passed.
+async fn finish_in_flight(in_flight: &milter::MessagesInFlight, bound: Duration) {
+    let waiting = in_flight.count();
+    if waiting == 0 {
+        return;
+    }
+    info!(messages = waiting, timeout = ?bound, "waiting for messages in flight to finish");
+    match tokio::time::timeout(bound, in_flight.idle()).await {
+        Ok(()) => info!("messages in flight finished"),
+        Err(_) => warn!(
+            messages = in_flight.count(),
+            "shutdown_timeout passed: closing connections with messages still in flight (the MTA applies its milter_default_action)"
+        ),
+    }
+}
+
+/// A listener that stops accepting, and closes its socket, once `stop` fires.
+struct StopAccepting<L> {
+    inner: Option<L>,
+    stop: oneshot::Receiver<()>,
+}
+
+impl<L: Listener> Listener for StopAccepting<L> {
+    type Io = L::Io;
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<L::Io>> {
+        // A dropped sender means serve() is ending anyway; treat it as a stop too.
+        if self.inner.is_some() && Pin::new(&mut self.stop).poll(cx).is_ready() {
+            self.inner = None;
+        }
+        match &mut self.inner {
+            Some(listener) => listener.poll_accept(cx),
+            None => Poll::Pending,
+        }
+    }
 }
 
 /// Re-reads the configuration on every SIGHUP. A bad new file is logged and the running one
@@ -171,7 +236,13 @@ pub fn spawn_reload_on_sighup(path: PathBuf, runtime: Arc<ArcSwap<Runtime>>) -> 
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            reload(&path, &runtime);
+            notify::reloading();
+            let status = if reload(&path, &runtime) {
+                "configuration reloaded"
+            } else {
+                "reload failed; the previous configuration is in use"
+            };
+            notify::reloaded(status);
         }
     });
     Ok(())
@@ -218,4 +289,5 @@ pub async fn termination() {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = int.recv() => info!("SIGINT: shutting down"),
     }
+    notify::stopping();
 }

@@ -73,6 +73,13 @@ pub struct MilterSettings {
     /// of Postfix smtpd + cleanup processes that use the milter.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// At SIGTERM/SIGINT: how long messages already under way may take to finish before the
+    /// remaining connections are closed (the MTA then applies its milter_default_action).
+    #[serde(
+        default = "default_shutdown_timeout",
+        deserialize_with = "humantime_serde_compat::deserialize"
+    )]
+    pub shutdown_timeout: Duration,
 }
 
 /// `[keys]`: where file keys live by default and how strictly they are checked.
@@ -133,6 +140,18 @@ pub struct LogSettings {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `signet_milter=debug`.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// `text` (the default) or `json`: one JSON object per line.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[vault]`: defaults for every Vault key source.
@@ -235,6 +254,7 @@ impl Config {
         });
         let log = raw.log.unwrap_or_else(|| LogSettings {
             level: default_log_level(),
+            format: LogFormat::default(),
         });
         let cache = raw.cache.unwrap_or_default();
         if cache.capacity == 0 {
@@ -366,6 +386,9 @@ fn default_negative_ttl() -> Duration {
 }
 fn default_serve_stale() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_key_directory() -> PathBuf {
     DEFAULT_KEY_DIRECTORY.into()

@@ -100,9 +100,19 @@ impl TestMilter {
     }
 
     pub async fn stop(mut self) {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
+        self.begin_shutdown();
+        self.stopped().await.unwrap();
         assert!(!self.socket.exists(), "the socket is removed on shutdown");
+    }
+
+    /// What SIGTERM does to the daemon: starts the graceful shutdown.
+    pub fn begin_shutdown(&mut self) {
+        let _ = self.shutdown.take().expect("shutdown begun once").send(());
+    }
+
+    /// Waits for the server task to end and returns its result.
+    pub async fn stopped(&mut self) -> std::io::Result<()> {
+        self.task.take().expect("awaited once").await.unwrap()
     }
 }
 

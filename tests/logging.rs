@@ -1,0 +1,152 @@
+//! Log output of the real binary: text by default, JSON lines with `[log] format = "json"`, the
+//! configured level, and — when stderr is the journal (`JOURNAL_STREAM` names its device and
+//! inode) — no timestamp of ours but a syslog priority prefix that journald turns into the
+//! entry's priority.
+
+use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs the milter with `log_section` until its socket exists, stops it with SIGTERM, and
+/// returns what it wrote to stderr (a file). `journal`: set JOURNAL_STREAM to that file (true)
+/// or to some other file (false); `None`: leave it unset.
+fn run_and_collect_stderr(log_section: &str, journal: Option<bool>) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    write_key_files(
+        &keys,
+        "example.com",
+        "s1",
+        &generate(KeyKind::Ed25519).unwrap(),
+    )
+    .unwrap();
+    let socket = dir.path().join("milter.sock");
+    let config = dir.path().join("signet-milter.toml");
+    // nokey.example has no key: a WARN line at startup.
+    std::fs::write(
+        &config,
+        format!(
+            "[milter]\nlisten = \"unix:{}\"\n[keys]\ndirectory = \"{}\"\n{log_section}\n\
+             [domain.\"example.com\"]\nselector = \"s1\"\n[domain.\"nokey.example\"]\nselector = \"s9\"\n",
+            socket.display(),
+            keys.display()
+        ),
+    )
+    .unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet-milter"));
+    cmd.args(["run", "-c", config.to_str().unwrap()])
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("SIGNET_LOG")
+        .stderr(Stdio::from(stderr.try_clone().unwrap()));
+    match journal {
+        Some(true) => {
+            cmd.env("JOURNAL_STREAM", dev_ino(&stderr_path));
+        }
+        Some(false) => {
+            cmd.env("JOURNAL_STREAM", dev_ino(&config));
+        }
+        None => {}
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(&stderr_path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn dev_ino(path: &Path) -> String {
+    let meta = std::fs::metadata(path).unwrap();
+    format!("{}:{}", meta.dev(), meta.ino())
+}
+
+fn line_with<'a>(lines: &'a [String], text: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|l| l.contains(text))
+        .unwrap_or_else(|| panic!("no line with {text:?} in {lines:#?}"))
+}
+
+/// `2026-11-22T10:00:00.123456Z`-style start of a line.
+fn starts_with_timestamp(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() > 20 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[10] == b'T'
+}
+
+#[test]
+fn text_lines_carry_a_timestamp_outside_the_journal() {
+    for journal in [None, Some(false)] {
+        let lines = run_and_collect_stderr("", journal);
+        let listening = line_with(&lines, "signet-milter listening");
+        assert!(starts_with_timestamp(listening), "{listening}");
+        assert!(listening.contains("INFO"), "{listening}");
+        assert!(!listening.starts_with('<'), "{listening}");
+    }
+}
+
+#[test]
+fn text_lines_in_the_journal_have_a_priority_and_no_timestamp() {
+    let lines = run_and_collect_stderr("", Some(true));
+    let listening = line_with(&lines, "signet-milter listening");
+    let rest = listening.strip_prefix("<6>").expect("INFO is priority 6");
+    assert!(!starts_with_timestamp(rest.trim_start()), "{listening}");
+    assert!(rest.trim_start().starts_with("INFO"), "{listening}");
+    let warning = line_with(&lines, "key not usable yet");
+    assert!(warning.starts_with("<4>"), "WARN is priority 4: {warning}");
+    for line in &lines {
+        assert!(line.starts_with('<'), "every line has a priority: {line}");
+    }
+}
+
+#[test]
+fn json_lines_parse_and_carry_the_fields() {
+    let lines = run_and_collect_stderr("[log]\nformat = \"json\"", None);
+    for line in &lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(value["timestamp"].is_string(), "{line}");
+    }
+    let listening: serde_json::Value =
+        serde_json::from_str(line_with(&lines, "signet-milter listening")).unwrap();
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(listening["message"], "signet-milter listening");
+    assert!(
+        listening["listen"].as_str().unwrap().starts_with("unix:"),
+        "{listening}"
+    );
+}
+
+#[test]
+fn json_lines_in_the_journal_have_a_priority_and_no_timestamp() {
+    let lines = run_and_collect_stderr("[log]\nformat = \"json\"", Some(true));
+    let warning = line_with(&lines, "key not usable yet");
+    let json = warning.strip_prefix("<4>").expect("WARN is priority 4");
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(value["level"], "WARN");
+    assert!(value.get("timestamp").is_none(), "{warning}");
+}
+
+#[test]
+fn the_level_is_configurable() {
+    let lines = run_and_collect_stderr("[log]\nlevel = \"warn\"", None);
+    line_with(&lines, "key not usable yet");
+    assert!(
+        lines.iter().all(|l| !l.contains("INFO")),
+        "no info lines at level warn: {lines:#?}"
+    );
+}
