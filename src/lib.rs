@@ -12,6 +12,7 @@ pub mod keysource;
 pub mod message;
 pub mod milter;
 pub mod policy;
+pub mod reply_batch;
 pub mod runtime;
 pub mod server;
 pub mod session;

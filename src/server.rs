@@ -2,6 +2,7 @@
 
 use crate::config::{ListenAddr, MilterSettings};
 use crate::milter;
+use crate::reply_batch::Batched;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use indymilter::{EitherListener, Listener};
@@ -160,6 +161,7 @@ pub async fn serve(
         ..Default::default()
     };
     let BoundListener { listener, socket } = listener;
+    let listener = Batched(listener);
     let result = indymilter::run(listener, milter::callbacks(runtime), config, shutdown).await;
     drop(socket); // the socket file goes only after the last session ended
     result
