@@ -117,6 +117,8 @@ struct Shared {
 #[derive(Default)]
 struct ConnStats {
     ok: u64,
+    /// Round trips (the MTA waiting for a reply) of the successful messages.
+    round_trips: u64,
     eom_us: Vec<u32>,
     message_us: Vec<u32>,
     errors: BTreeMap<String, u64>,
@@ -201,6 +203,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for task in tasks {
         let stats = task.await.context("a connection task panicked")?;
         all.ok += stats.ok;
+        all.round_trips += stats.round_trips;
         all.eom_us.extend(stats.eom_us);
         all.message_us.extend(stats.message_us);
         for (kind, n) in stats.errors {
@@ -293,6 +296,7 @@ async fn one_message(
     values.insert("{mail_addr}", envelope.sender.clone());
     values.insert("{rcpt_addr}", envelope.recipient.clone());
     let started = Instant::now();
+    let round_trips_before = c.round_trips;
     let result = send_message(c, values, &envelope, &shared.body).await;
     let took = started.elapsed();
     match result {
@@ -320,6 +324,7 @@ async fn one_message(
                 return;
             }
             stats.ok += 1;
+            stats.round_trips += c.round_trips - round_trips_before;
             stats.eom_us.push(micros(eom));
             stats.message_us.push(micros(took));
             if measured {
@@ -422,11 +427,11 @@ async fn transaction(
     step!("RCPT", c.rcpt(values, &[&recipient]));
     step!("DATA", c.data(values));
     for (name, value) in &envelope.headers {
-        step!("header", c.header(name, value));
+        step!("header", c.header(values, name, value));
     }
     step!("end of headers", c.eoh(values));
     for chunk in body.chunks(BODY_CHUNK) {
-        step!("body", c.body(chunk));
+        step!("body", c.body(values, chunk));
     }
     let eom_started = Instant::now();
     let added = c.end_of_message(values).await?;
@@ -499,8 +504,9 @@ impl Report<'_> {
             "loadgen {}: {} connections, body {} B, {:.2} s",
             a.label, a.connections, a.body, secs
         );
+        let round_trips = s.round_trips as f64 / ok;
         eprintln!(
-            "  messages       {} ok, {errors} failed, {rate:.1} msg/s",
+            "  messages       {} ok, {errors} failed, {rate:.1} msg/s, {round_trips:.1} round trips each",
             s.ok
         );
         eprintln!(
@@ -537,7 +543,7 @@ impl Report<'_> {
                 "{{\"label\":{},\"connections\":{},\"body_bytes\":{},\"messages\":{},\"errors\":{errors},\
                  \"error_kinds\":{{{}}},\"elapsed_s\":{secs:.6},\"msgs_per_s\":{rate:.3},\
                  \"eom_p50_ms\":{p50:.4},\"eom_p99_ms\":{p99:.4},\"eom_max_ms\":{max:.4},\
-                 \"message_p50_ms\":{msg_p50:.4},\"milter_cpu_s\":{},\"milter_cpu_ms_per_msg\":{},\
+                 \"message_p50_ms\":{msg_p50:.4},\"round_trips_per_msg\":{round_trips:.2},\"milter_cpu_s\":{},\"milter_cpu_ms_per_msg\":{},\
                  \"milter_peak_rss_kib\":{},\"rss_method\":{},\"loadgen_cpu_s\":{:.6},\
                  \"loadgen_cpu_ms_per_msg\":{:.6}}}",
                 json_string(&a.label),

@@ -72,8 +72,9 @@ impl std::str::FromStr for Endpoint {
     }
 }
 
-/// Macro stages as numbered in SMFIR_OPTNEG's macro lists, with the command byte whose
-/// SMFIC_MACRO packet carries them and Postfix 3.7's default macro list for the stage.
+/// Macro lists as numbered in SMFIR_OPTNEG, with Postfix 3.7's default list for each. The
+/// SMFIC_MACRO packet names the event it precedes; Postfix sends the end-of-header list with
+/// every header and the end-of-data list with every body chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stage {
     Connect,
@@ -97,18 +98,6 @@ impl Stage {
             6 => Stage::Eoh,
             _ => return None,
         })
-    }
-
-    fn command(self) -> u8 {
-        match self {
-            Stage::Connect => b'C',
-            Stage::Helo => b'H',
-            Stage::Mail => b'M',
-            Stage::Rcpt => b'R',
-            Stage::Data => b'T',
-            Stage::Eom => b'E',
-            Stage::Eoh => b'N',
-        }
     }
 
     /// `postconf -d milter_*_macros` on Postfix 3.7.
@@ -258,6 +247,10 @@ pub struct MilterConn {
     pub actions: u32,
     /// Macro lists the milter asked for, replacing Postfix's defaults for that stage.
     requested_macros: HashMap<Stage, Vec<String>>,
+    /// Times the MTA waited for the milter (wrote, then read a reply): the round trips.
+    pub round_trips: u64,
+    /// Whether something was written since the last reply was read.
+    wrote_since_reply: bool,
 }
 
 impl MilterConn {
@@ -287,6 +280,8 @@ impl MilterConn {
             opts: 0,
             actions: 0,
             requested_macros: HashMap::new(),
+            round_trips: 0,
+            wrote_since_reply: false,
         };
         conn.negotiate().await?;
         Ok(conn)
@@ -345,10 +340,11 @@ impl MilterConn {
         }
     }
 
-    /// Queues the SMFIC_MACRO packet for `stage`: the milter's list for it, or Postfix's
-    /// default list, with the values the MTA has (undefined macros are not sent).
-    fn queue_macros(&mut self, stage: Stage, values: &MacroValues) {
-        let mut payload = vec![stage.command()];
+    /// Queues the SMFIC_MACRO packet that precedes event `command`: the macros of the list
+    /// for `stage` (the milter's, or Postfix's default) that the MTA has values for. Like
+    /// Postfix, it sends the packet even when no value is known.
+    fn queue_macros(&mut self, stage: Stage, command: u8, values: &MacroValues) {
+        let mut payload = vec![command];
         let default: Vec<String>;
         let names: &[String] = match self.requested_macros.get(&stage) {
             Some(list) => list,
@@ -361,7 +357,6 @@ impl MilterConn {
                 &default
             }
         };
-        let mut any = false;
         for name in names {
             let bare = name.trim_start_matches('{').trim_end_matches('}');
             let value = values
@@ -373,12 +368,9 @@ impl MilterConn {
                 payload.push(0);
                 payload.extend_from_slice(value.as_bytes());
                 payload.push(0);
-                any = true;
             }
         }
-        if any {
-            self.queue(b'D', &[&payload]);
-        }
+        self.queue(b'D', &[&payload]);
     }
 
     /// Sends an event with its macros and, unless the milter chose not to reply to it,
@@ -393,7 +385,7 @@ impl MilterConn {
         no_reply_flag: u32,
     ) -> anyhow::Result<Option<Reply>> {
         if let Some(stage) = stage {
-            self.queue_macros(stage, values);
+            self.queue_macros(stage, command, values);
         }
         if self.has(skip_flag) {
             return Ok(None);
@@ -495,15 +487,21 @@ impl MilterConn {
 
     /// `value` as it appears after the colon, leading space included; the space is dropped
     /// unless the milter asked for SMFIP_HDR_LEADSPC, as Postfix does.
-    pub async fn header(&mut self, name: &str, value: &str) -> anyhow::Result<Option<Reply>> {
+    pub async fn header(
+        &mut self,
+        values: &MacroValues,
+        name: &str,
+        value: &str,
+    ) -> anyhow::Result<Option<Reply>> {
         let value = if self.leading_space() {
             value
         } else {
             value.strip_prefix(' ').unwrap_or(value)
         };
+        // Postfix sends the end-of-header macros with every header.
         self.event(
-            None,
-            &MacroValues::new(),
+            Some(Stage::Eoh),
+            values,
             b'L',
             &[name.as_bytes(), b"\0", value.as_bytes(), b"\0"],
             opt::NO_HEADER,
@@ -525,8 +523,14 @@ impl MilterConn {
     }
 
     /// One SMFIC_BODY packet (at most [`BODY_CHUNK`] bytes), written straight from `chunk`.
-    pub async fn body(&mut self, chunk: &[u8]) -> anyhow::Result<Option<Reply>> {
+    /// Postfix sends the end-of-data macros with every chunk.
+    pub async fn body(
+        &mut self,
+        values: &MacroValues,
+        chunk: &[u8],
+    ) -> anyhow::Result<Option<Reply>> {
         debug_assert!(chunk.len() <= BODY_CHUNK);
+        self.queue_macros(Stage::Eom, b'B', values);
         if self.has(opt::NO_BODY) {
             return Ok(None);
         }
@@ -542,7 +546,7 @@ impl MilterConn {
 
     /// SMFIC_BODYEOB and every reply up to the final one.
     pub async fn end_of_message(&mut self, values: &MacroValues) -> anyhow::Result<EomResult> {
-        self.queue_macros(Stage::Eom, values);
+        self.queue_macros(Stage::Eom, b'E', values);
         self.queue(b'E', &[]);
         let mut headers = Vec::new();
         let mut other_modifications = 0;
@@ -601,6 +605,7 @@ impl MilterConn {
             IoSlice::advance_slices(&mut bufs, n);
         }
         self.out.clear();
+        self.wrote_since_reply = true;
         Ok(())
     }
 
@@ -608,6 +613,10 @@ impl MilterConn {
     async fn read_reply(&mut self) -> anyhow::Result<Reply> {
         if !self.out.is_empty() {
             self.write_out(&[]).await?;
+        }
+        if self.wrote_since_reply {
+            self.wrote_since_reply = false;
+            self.round_trips += 1;
         }
         let header = self.read_exact(5).await?;
         let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
