@@ -29,6 +29,10 @@ const MACROS: &[(MacroStage, &str)] = &[
 /// Per connection: who the client is, and the message under way.
 pub struct Connection {
     leading_space: bool,
+    /// What the MTA expects after a header and after a body chunk: `Noreply` when it agreed
+    /// not to wait for an answer, `Continue` otherwise.
+    header_reply: Status,
+    body_reply: Status,
     client: ClientAddr,
     message: Option<Message>,
 }
@@ -64,6 +68,18 @@ async fn negotiate(cx: &mut NegotiateContext<Connection>, offered: ProtoOpts) ->
     if leading_space {
         cx.requested_opts |= ProtoOpts::LEADING_SPACE;
     }
+    // A signer never stops a message at a header or a body chunk, so when the MTA allows it,
+    // it sends them without waiting for an answer: one round trip per header and per 64 KiB
+    // of body saved (a 2 KiB message: 13 round trips down to 3).
+    let no_reply = offered & (ProtoOpts::NOREPLY_HEADER | ProtoOpts::NOREPLY_BODY);
+    cx.requested_opts |= no_reply;
+    let reply_unless = |flag| {
+        if no_reply.contains(flag) {
+            Status::Noreply
+        } else {
+            Status::Continue
+        }
+    };
     cx.requested_actions |= Actions::ADD_HEADER;
     for (stage, names) in MACROS {
         cx.requested_macros.insert(
@@ -73,6 +89,8 @@ async fn negotiate(cx: &mut NegotiateContext<Connection>, offered: ProtoOpts) ->
     }
     cx.data = Some(Connection {
         leading_space,
+        header_reply: reply_unless(ProtoOpts::NOREPLY_HEADER),
+        body_reply: reply_unless(ProtoOpts::NOREPLY_BODY),
         client: ClientAddr::Unknown,
         message: None,
     });
@@ -131,12 +149,15 @@ async fn mail(cx: &mut Context<Connection>, runtime: Arc<Runtime>, args: Vec<CSt
 }
 
 async fn header(cx: &mut Context<Connection>, name: CString, value: CString) -> Status {
-    if let Some(message) = cx.data.as_mut().and_then(|c| c.message.as_mut()) {
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    if let Some(message) = conn.message.as_mut() {
         message
             .session
             .add_header(name.as_bytes(), value.as_bytes());
     }
-    Status::Continue
+    conn.header_reply
 }
 
 async fn eoh(cx: &mut Context<Connection>) -> Status {
@@ -161,10 +182,13 @@ async fn eoh(cx: &mut Context<Connection>) -> Status {
 }
 
 async fn body(cx: &mut Context<Connection>, chunk: bytes::Bytes) -> Status {
-    if let Some(message) = cx.data.as_mut().and_then(|c| c.message.as_mut()) {
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    if let Some(message) = conn.message.as_mut() {
         message.session.body_chunk(&chunk);
     }
-    Status::Continue
+    conn.body_reply
 }
 
 async fn eom(cx: &mut EomContext<Connection>) -> Status {
