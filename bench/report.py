@@ -175,6 +175,21 @@ def verification(path):
     return passed, failed, lines
 
 
+def busy_warning(meta):
+    """A warning when other work competed for the CPU during the run."""
+    try:
+        cores = int(meta.get("CORES", "0"))
+        loads = [float(meta[k].split()[0]) for k in ("LOAD_START", "LOAD_END") if k in meta]
+    except ValueError:
+        return None
+    # The run itself keeps about one core busy; more than that is someone else's work.
+    if cores and loads and max(loads) > cores / 2 + 1:
+        return (f"- **The machine was busy** (load average up to {max(loads):.1f} on {cores} cores, "
+                "this run included): other work competed for the CPU, so the figures are noisy; "
+                "CPU per message is the least affected.")
+    return None
+
+
 def report(args):
     meta = read_meta(args.meta)
     cells = read_results(args.results)
@@ -197,6 +212,9 @@ def report(args):
         f"- Verification with dkimpy (tests/verify_dkim.py) of a sample of the signed messages: "
         f"{passed} signatures pass, {failed} fail.",
     ]
+    busy = busy_warning(meta)
+    if busy:
+        out.append(busy)
     if args.failed_runs:
         out.append(f"- **{args.failed_runs} load runs reported errors** (see the errors column).")
     for line in failures[:10]:
