@@ -136,11 +136,12 @@ EOF
 
 # --- 4. start the milters ---------------------------------------------------------------------
 declare -A PIDS SOCKETS
-cleanup() {
+cleanup() { # stops the milters we started, once
     for name in "${!PIDS[@]}"; do
         kill "${PIDS[$name]}" 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    PIDS=()
 }
 trap cleanup EXIT
 
@@ -174,7 +175,8 @@ META=$WORKDIR/meta.env
     echo "LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "SIGNET_VERSION=$("$SIGNET" --version | awk '{print $2}') ($(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown))"
     echo "OPENDKIM_VERSION=$(opendkim -V 2>&1 | head -1 | sed 's/.*Filter //')"
-    echo "OPENDKIM_PACKAGE=$(dpkg-query -W -f='${Version}' opendkim 2>/dev/null || echo unknown)"
+    package=$(dpkg-query -W -f='${Version}' opendkim 2>/dev/null || true)
+    echo "OPENDKIM_PACKAGE=${package:-unknown}"
     echo "OPENSSL_VERSION=$(openssl version | awk '{print $2}')"
     echo "RUSTC=$(rustc --version | awk '{print $2}')"
     echo "REPS=$REPS"
@@ -262,8 +264,13 @@ for name in "${MILTERS[@]}"; do
     fi
 done
 log "verification: $(grep -c ': pass$' "$VERIFY") signatures pass, $(grep -c 'FAIL' "$VERIFY") fail"
-# The samples include 10 MiB messages: keep them only when something failed.
+# The samples include 10 MiB messages, and signet logs a line per message (over 100 MB per
+# run): keep the samples only when something failed, and the end of each log.
 [[ $VERIFY_FAILED == 0 ]] && rm -rf "$SAMPLES"
+cleanup
+for name in "${MILTERS[@]}"; do
+    tail -n 1000 "$WORKDIR/$name.log" >"$WORKDIR/$name.log.tail" && mv "$WORKDIR/$name.log.tail" "$WORKDIR/$name.log"
+done
 
 # --- 8. the report ------------------------------------------------------------------------------
 /usr/bin/python3 "$REPO/bench/report.py" --meta "$META" --results "$RESULTS" --verify "$VERIFY" \
