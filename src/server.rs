@@ -3,6 +3,7 @@
 use crate::config::{ListenAddr, MilterSettings};
 use crate::milter;
 use crate::notify;
+use crate::reply_batch::Batched;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use indymilter::{EitherListener, Listener};
@@ -171,7 +172,8 @@ pub async fn serve(
     let BoundListener { listener, socket } = listener;
     let (stop_accepting, accepting_stopped) = oneshot::channel();
     let listener = StopAccepting {
-        inner: Some(listener),
+        // Batched: one write for all of an end-of-message's replies.
+        inner: Some(Batched(listener)),
         stop: accepting_stopped,
     };
     let drained = {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Message, TestMilter, assert_verifies, loopback, send};
-use indymilter_test::Status;
+use indymilter_test::{ProtoOpts, Status};
 use signet_milter::keys::generate::KeyKind;
 
 const RSA_AND_ED: &str = r#"
@@ -375,4 +375,36 @@ async fn a_garbage_packet_ends_only_its_own_connection() {
         1,
         "and new ones are served"
     );
+}
+
+/// Postfix (and Sendmail 8.14+) offer not to wait for replies to headers and body chunks; the
+/// milter takes the offer, which saves a round trip per header and per 64 KiB of body. An MTA
+/// that does not offer it gets a reply to each, and both get a signature that verifies. (The
+/// client reads exactly the replies it expects, so an extra or a missing one breaks the
+/// exchange.)
+#[tokio::test]
+async fn headers_and_body_are_answered_only_when_the_mta_waits_for_it() {
+    let milter = TestMilter::example_com(KeyKind::Ed25519, "").await;
+    let no_reply = ProtoOpts::NOREPLY_HEADER | ProtoOpts::NOREPLY_BODY;
+    let postfix = milter.connect(loopback()).await;
+    assert!(postfix.negotiated_opts().contains(no_reply));
+    let older = milter
+        .connect_offering(loopback(), ProtoOpts::all() - no_reply)
+        .await;
+    assert!(!older.negotiated_opts().intersects(no_reply));
+    for mut conn in [postfix, older] {
+        let mut message = Message::simple("Alice <alice@example.com>");
+        message.body = b"line\r\n".repeat(20_000); // three body chunks
+        for _ in 0..2 {
+            let sent = send(&mut conn, &[], &message).await;
+            assert_eq!(sent.status, Status::Continue);
+            assert_verifies(
+                &message.delivered(&sent.inserted),
+                &milter.keys_dir(),
+                &[("example.com", "s1")],
+            )
+            .await;
+        }
+    }
+    milter.stop().await;
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Message, TestMilter, loopback};
-use indymilter::MacroStage;
+use indymilter::{MacroStage, ProtoOpts};
 use indymilter_test::{EomAction, Status, TestConnection};
 use signet_milter::keys::generate::KeyKind;
 use std::path::Path;
@@ -37,9 +37,11 @@ async fn start_message(conn: &mut TestConnection, message: &Message) {
         Status::Continue
     );
     let (name, value) = &message.headers[0];
+    // The connection offers every option, as Postfix does: headers get no reply.
+    assert!(conn.negotiated_opts().contains(ProtoOpts::NOREPLY_HEADER));
     assert_eq!(
         conn.header(name.as_str(), value.as_str()).await.unwrap(),
-        Status::Continue
+        Status::Noreply
     );
 }
 
