@@ -637,21 +637,21 @@ assert_add() { # name result
 # print_results: the table of every case; returns 1 if anything failed.
 print_results() {
     local t failed=0 n=0 a sigs
-    printf '\n%-8s %-11s %-29s %-10s %-48s %-8s %-8s %s\n' \
+    printf '\n%-8s %-12s %-29s %-10s %-53s %-8s %-8s %s\n' \
         MTA PATH "SIGNING PROFILE" SHAPE "EXPECTED SIGNATURES (d:s)" DKIMPY OPENDKIM RESULT
-    printf '%s\n' "$(printf '%.0s-' {1..140})"
+    printf '%s\n' "$(printf '%.0s-' {1..150})"
     for t in "${CASES[@]}"; do
         n=$((n + 1))
         sigs=${C_EXPECT[$t]}
         sigs=${sigs//.example/}
-        printf '%-8s %-11s %-29s %-10s %-48s %-8s %-8s %s\n' "${C_MTA[$t]}" "${C_PATH[$t]}" \
+        printf '%-8s %-12s %-29s %-10s %-53s %-8s %-8s %s\n' "${C_MTA[$t]}" "${C_PATH[$t]}" \
             "${C_PROFILE[$t]}" "${C_SHAPE[$t]}" "$sigs" "${C_DKIMPY[$t]%% *}" \
             "${C_OPENDKIM[$t]%% *}" "${C_RESULT[$t]}"
         [[ ${C_RESULT[$t]} == pass ]] || failed=$((failed + 1))
     done
     for a in "${ASSERTS[@]}"; do
         n=$((n + 1))
-        printf '%-8s %-108s %s\n' "${E2E_NAME}" "assert: $a" "${A_RESULT[$a]}"
+        printf '%-8s %-125s %s\n' "${E2E_NAME}" "assert: $a" "${A_RESULT[$a]}"
         [[ ${A_RESULT[$a]} == pass ]] || failed=$((failed + 1))
     done
     printf '(signature domains shown without ".example"; a verifier column shows its own verdict)\n'

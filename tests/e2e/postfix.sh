@@ -255,7 +255,7 @@ log "who may sign: SASL submission, wrong password, outsider, ORIGINATING servic
 domain=${PROFILE_DOMAIN[rr]}
 token="$RUN_ID-pf-auth"
 make_message basic "$domain" "$token" "$WORK/msgs/$token.eml"
-case_add "$token" postfix "submit+AUTH" "outsider, SASL authenticated" basic "$(expected_sigs rr basic)" \
+case_add "$token" postfix "submit+AUTH" "$OUTSIDER, SASL AUTH" basic "$(expected_sigs rr basic)" \
     "trust=authenticated as $SASL_USER"
 swaks_send "$token" "$SUBMISSION_PORT" "$WORK/msgs/$token.eml" "$token@$domain" \
     --xclient-addr "$OUTSIDER" --auth PLAIN --auth-user "$SASL_USER" --auth-password "$SASL_PASS"
@@ -277,12 +277,12 @@ fi
 
 token="$RUN_ID-pf-outsider"
 make_message basic "$domain" "$token" "$WORK/msgs/$token.eml"
-case_add "$token" postfix "smtp+XCLIENT" "outsider $OUTSIDER, no AUTH" basic none "refused=$OUTSIDER"
+case_add "$token" postfix "smtp+XCLIENT" "$OUTSIDER, no AUTH" basic none "refused=$OUTSIDER"
 swaks_send "$token" "$SMTP_PORT" "$WORK/msgs/$token.eml" "$token@$domain" --xclient-addr "$OUTSIDER"
 
 token="$RUN_ID-pf-originating"
 make_message basic "$domain" "$token" "$WORK/msgs/$token.eml"
-case_add "$token" postfix "ORIGINATING" "outsider on ORIGINATING svc" basic "$(expected_sigs rr basic)" \
+case_add "$token" postfix "ORIGINATING" "$OUTSIDER, no AUTH" basic "$(expected_sigs rr basic)" \
     "trust=daemon ORIGINATING"
 swaks_send "$token" "$ORIGINATING_PORT" "$WORK/msgs/$token.eml" "$token@$domain" --xclient-addr "$OUTSIDER"
 
