@@ -318,12 +318,12 @@ declare -A SHAPE_DESC=(
     [big]="${BIG_MIB} MiB body"
 )
 
-# _common_headers FROM_ADDR TOKEN: Date, Message-ID and the test token (LF line ends).
+# _common_headers TOKEN: Date, Message-ID and the test token (LF line ends).
 _common_headers() {
     printf '%s\n' \
         "Date: $(date -R)" \
-        "Message-ID: <$2@signet-e2e.test>" \
-        "X-Signet-Test: $2"
+        "Message-ID: <$1@signet-e2e.test>" \
+        "X-Signet-Test: $1"
 }
 
 # make_message SHAPE FROM_DOMAIN TOKEN OUTFILE: writes the message with LF line ends.
@@ -335,7 +335,7 @@ make_message() {
         {
             printf '%s\n' "From: Signet Test <$from>" "To: Recipient <$RCPT>" \
                 "Subject: signet e2e $token"
-            _common_headers "$from" "$token"
+            _common_headers "$token"
             printf '%s\n' "MIME-Version: 1.0" "Content-Type: text/plain; charset=us-ascii" "" \
                 "Hello from the signet-milter end-to-end test ($token)." "Second line." ""
         } >"$out"
@@ -355,7 +355,7 @@ make_message() {
                 "References: <one@signet-e2e.test>" \
                 " <two@signet-e2e.test>" \
                 "	<three@signet-e2e.test>"
-            _common_headers "$from" "$token"
+            _common_headers "$token"
             printf '%s\n' "MIME-Version: 1.0" "Content-Type: text/plain;" "	charset=us-ascii" "" \
                 "Folded headers ($token)." ""
         } >"$out"
@@ -371,7 +371,7 @@ make_message() {
             printf '%s\n' \
                 "Subject:    several   spaces   inside and after the colon ($token)   " \
                 "X-Spacing: 	 tab and spaces mixed 	 "
-            _common_headers "$from" "$token"
+            _common_headers "$token"
             printf '%s\n' "MIME-Version:1.0" "Content-Type:   text/plain;   charset=us-ascii" "" \
                 "Trailing blanks on this line   " "	a line that starts with a tab" \
                 "two  spaces  between  words" "" ""
@@ -381,7 +381,7 @@ make_message() {
         {
             printf '%s\n' "From: Jörg Müller <$from>" "To: Zoë Ünïcödé <$RCPT>" \
                 "Subject: Grüße aus Köln – ✓ 日本語 ($token)"
-            _common_headers "$from" "$token"
+            _common_headers "$token"
             printf '%s\n' "MIME-Version: 1.0" "Content-Type: text/plain; charset=utf-8" \
                 "Content-Transfer-Encoding: 8bit" "" \
                 "Grüße! Ça va? Ünïcödé in the body: ✓ 日本語 😀" "Zweite Zeile: äöüß ÄÖÜ" ""
@@ -390,7 +390,7 @@ make_message() {
     nofinalnl)
         {
             printf '%s\n' "From: Signet Test <$from>" "To: <$RCPT>" "Subject: no final line break ($token)"
-            _common_headers "$from" "$token"
+            _common_headers "$token"
             printf '%s\n' "" "First line." "Blank line follows." ""
             printf '%s' "The last line has no line break"
         } >"$out"
@@ -398,7 +398,7 @@ make_message() {
     emptybody)
         {
             printf '%s\n' "From: Signet Test <$from>" "To: <$RCPT>" "Subject: empty body ($token)"
-            _common_headers "$from" "$token"
+            _common_headers "$token"
             printf '\n'
         } >"$out"
         ;;
@@ -409,14 +409,14 @@ make_message() {
                 "	Third Recipient <third@$SINK_DOMAIN>" \
                 "Cc:	Fourth <fourth@$SINK_DOMAIN>,   Fifth <fifth@$SINK_DOMAIN>" \
                 "Subject: address headers folded and tabbed ($token)"
-            _common_headers "$from" "$token"
+            _common_headers "$token"
             printf '%s\n' "" "Body." ""
         } >"$out"
         ;;
     dots)
         {
             printf '%s\n' "From: Signet Test <$from>" "To: <$RCPT>" "Subject: leading dots ($token)"
-            _common_headers "$from" "$token"
+            _common_headers "$token"
             printf '%s\n' "" ".a line starting with a dot" "..two dots" "." \
                 "(a line with a single dot above)" ". dot space" "..." "" "."
         } >"$out"
@@ -431,7 +431,8 @@ make_message() {
 # presign FILE: a third party (dkimpy, other.example) signs the message in place, as if it came
 # from another domain's signer; it must still verify after our milter and the MTA.
 presign() {
-    "$PY" - "$1" "$KEYDIR/$OTHER_DOMAIN/$OTHER_SELECTOR.pem" "$OTHER_DOMAIN" "$OTHER_SELECTOR" <<'EOF' ||
+    local key=$KEYDIR/$OTHER_DOMAIN/$OTHER_SELECTOR.pem
+    "$PY" - "$1" "$key" "$OTHER_DOMAIN" "$OTHER_SELECTOR" <<'EOF' || die "dkimpy could not pre-sign $1"
 import sys, dkim
 path, keyfile, domain, selector = sys.argv[1:]
 msg = open(path, "rb").read().replace(b"\n", b"\r\n")
@@ -440,7 +441,6 @@ sig = dkim.sign(msg, selector.encode(), domain.encode(), open(keyfile, "rb").rea
                 include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
 open(path, "wb").write((sig + msg).replace(b"\r\n", b"\n"))
 EOF
-        die "dkimpy could not pre-sign $1"
 }
 
 # make_big_message DOMAIN TOKEN OUTFILE: BIG_MIB MiB of 78-character lines.
@@ -448,7 +448,7 @@ make_big_message() {
     local from="sender@$1"
     {
         printf '%s\n' "From: Signet Test <$from>" "To: <$RCPT>" "Subject: ${BIG_MIB} MiB body ($2)"
-        _common_headers "$from" "$2"
+        _common_headers "$2"
         printf '%s\n' "MIME-Version: 1.0" "Content-Type: text/plain; charset=us-ascii" ""
     } >"$3"
     "$PY" - "$3" "$BIG_MIB" <<'EOF'
