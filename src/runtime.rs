@@ -38,10 +38,6 @@ impl Runtime {
         Runtime { config, keys, env }
     }
 
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Config::load(path).map(Runtime::new)
-    }
-
     /// The runtime of the configuration now in `path`. When the key settings (`[keys]`,
     /// `[cache]`, `[vault]`, `[callbacks]`) did not change, the key cache carries over: keys
     /// stay warm, Vault sessions stay logged in, and stale keys stay available.

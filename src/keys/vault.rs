@@ -25,6 +25,8 @@ use zeroize::Zeroizing;
 /// Used when `[vault] timeout` is not set: a Vault request is never unbounded.
 pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_APPROLE_MOUNT: &str = "approle";
+/// How soon a failed renewal and login are tried again.
+const RENEWAL_RETRY: Duration = Duration::from_secs(30);
 
 /// Why a Vault secret gave no key. Never contains a token, a secret ID or secret data.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -277,19 +279,20 @@ impl Session {
         let me = self.me.clone();
         tokio::spawn(async move {
             let mut lease = first;
+            let mut wait = lease.duration * 2 / 3;
             loop {
-                tokio::time::sleep(lease.duration * 2 / 3).await;
+                tokio::time::sleep(wait).await;
                 let Some(session) = me.upgrade() else { return };
-                lease = match session.renew_or_login(lease).await {
-                    Ok(next) => next,
+                match session.renew_or_login(lease).await {
+                    Ok(next) => {
+                        lease = next;
+                        wait = next.duration * 2 / 3;
+                    }
                     Err(e) => {
                         tracing::warn!(vault = %session.address, error = %e, "Vault token renewal and new login failed; retrying in 30 s");
-                        Lease {
-                            duration: Duration::from_secs(45),
-                            renewable: false,
-                        }
+                        wait = RENEWAL_RETRY;
                     }
-                };
+                }
             }
         });
     }
