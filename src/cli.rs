@@ -8,7 +8,7 @@ use crate::server;
 use crate::session::{HeadersDecision, MessageSession};
 use anyhow::{Context as _, bail};
 use arc_swap::ArcSwap;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -96,7 +96,7 @@ pub fn main_with(env: Environment) -> ExitCode {
             selector,
             out,
         } => keygen(algo, &domain, &selector, &out),
-        Command::Man { out } => crate::manpage::write_pages(&out)
+        Command::Man { out } => crate::manpage::write_pages(Cli::command(), &out)
             .map(|_| ExitCode::SUCCESS)
             .with_context(|| format!("cannot write the manual pages into {}", out.display())),
     };

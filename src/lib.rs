@@ -9,7 +9,6 @@ pub mod cli;
 pub mod config;
 pub mod dns_check;
 pub mod keys;
-pub mod keysource;
 pub mod logging;
 pub mod manpage;
 pub mod message;

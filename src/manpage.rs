@@ -3,7 +3,6 @@
 //! (signet-milter-check.8, …), the way git and cargo do it. The configuration file's page,
 //! signet-milter.toml(5), is written by hand: packaging/signet-milter.toml.5.
 
-use clap::CommandFactory as _;
 use clap_mangen::Man;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -52,10 +51,10 @@ with \fB\-\-dns\fR any published record, is not right.
 \fBsignet-milter.toml\fR(5), \fBpostconf\fR(5) (\fBsmtpd_milters\fR), \fBsystemctl\fR(1)
 "#;
 
-/// Writes every page into `dir`; returns their paths.
-pub fn write_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// Writes every page of the command line `cmd` into `dir`; returns their paths. The caller
+/// passes its `clap::Command`, so this module knows nothing of the CLI's types.
+pub fn write_pages(mut cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
-    let mut cmd = crate::cli::Cli::command();
     // Gives every subcommand its display name, "signet-milter-check", and adds `help`, which
     // needs no page of its own.
     cmd.build();

@@ -31,19 +31,19 @@ impl Runtime {
 
     pub fn with_environment(config: Config, env: Arc<Environment>) -> Self {
         let keys = Arc::new(KeyCache::new(
-            config.cache.clone(),
+            config.keys.cache.clone(),
             Backends::new(&config, &env.callbacks),
             env.metrics.clone(),
         ));
         Runtime { config, keys, env }
     }
 
-    /// The runtime of the configuration now in `path`. When the key settings (`[keys]`,
-    /// `[cache]`, `[vault]`, `[callbacks]`) did not change, the key cache carries over: keys
-    /// stay warm, Vault sessions stay logged in, and stale keys stay available.
+    /// The runtime of the configuration now in `path`. When the key settings
+    /// ([`crate::config::KeyConfig`]) did not change, the key cache carries over: keys stay
+    /// warm, Vault sessions stay logged in, and stale keys stay available.
     pub fn reload(&self, path: &Path) -> Result<Self, ConfigError> {
         let config = Config::load_with_callbacks(path, &self.env.callbacks.names())?;
-        if same_key_settings(&config, &self.config) {
+        if config.keys == self.config.keys {
             Ok(Runtime {
                 config,
                 keys: self.keys.clone(),
@@ -54,8 +54,4 @@ impl Runtime {
             Ok(Self::with_environment(config, self.env.clone()))
         }
     }
-}
-
-fn same_key_settings(a: &Config, b: &Config) -> bool {
-    a.keys == b.keys && a.cache == b.cache && a.vault == b.vault && a.callbacks == b.callbacks
 }

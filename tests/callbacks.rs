@@ -8,7 +8,7 @@ use indymilter_test::Status;
 use signet_milter::config::Config;
 use signet_milter::keys::KeyError;
 use signet_milter::keys::generate::{KeyKind, generate};
-use signet_milter::keysource::ResolvedKeySource;
+use signet_milter::config::keysource::ResolvedKeySource;
 use signet_milter::runtime::Runtime;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

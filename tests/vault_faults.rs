@@ -11,7 +11,7 @@ use indymilter_test::Status;
 use signet_milter::config::Config;
 use signet_milter::keys::KeyError;
 use signet_milter::keys::generate::KeyKind;
-use signet_milter::keysource::{ResolvedKeySource, VaultSource};
+use signet_milter::config::keysource::{ResolvedKeySource, VaultSource};
 use signet_milter::metrics::{Lookup, MessageResult};
 use signet_milter::runtime::Runtime;
 use std::path::Path;

@@ -11,7 +11,7 @@ use signet_milter::config::Config;
 use signet_milter::keys::generate::{KeyKind, generate};
 use signet_milter::keys::parse::PrivateKey;
 use signet_milter::keys::{KeyError, vault::VaultFailure};
-use signet_milter::keysource::{KvVersion, ResolvedKeySource, VaultSource, VaultToken};
+use signet_milter::config::keysource::{KvVersion, ResolvedKeySource, VaultSource, VaultToken};
 use signet_milter::metrics::Lookup;
 use signet_milter::runtime::Runtime;
 use std::path::Path;

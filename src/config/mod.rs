@@ -7,6 +7,7 @@
 //! line and the column.
 
 mod error;
+pub mod keysource;
 mod signing;
 mod template;
 mod values;
@@ -37,13 +38,24 @@ pub struct Config {
     /// The file it was loaded from, for messages.
     pub path: PathBuf,
     pub milter: MilterSettings,
-    pub keys: KeySettings,
-    pub cache: CacheSettings,
+    /// Everything the key cache and its backends are built from.
+    pub keys: KeyConfig,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub signing: SigningTable,
+}
+
+/// The settings that make up the key cache and its backends: `[keys]`, `[cache]`, `[vault]` and
+/// `[callbacks]`. A reload that leaves this unchanged keeps the cache (warm keys, stale keys,
+/// Vault logins); any change here starts a new one. Grouped in one type so that a new key
+/// setting cannot be forgotten in that comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyConfig {
+    /// `[keys]`: file keys.
+    pub files: KeySettings,
+    pub cache: CacheSettings,
     pub vault: VaultSettings,
     pub callbacks: BTreeMap<String, CallbackSettings>,
-    pub signing: SigningTable,
 }
 
 /// `[milter]`: how the MTA reaches us and whose mail may be signed.
@@ -159,14 +171,14 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct VaultSettings {
     pub address: Option<String>,
-    pub token: Option<crate::keysource::VaultToken>,
+    pub token: Option<keysource::VaultToken>,
     pub token_file: Option<PathBuf>,
     pub namespace: Option<String>,
     pub ca_cert: Option<PathBuf>,
     pub role_id: Option<String>,
     pub secret_id_file: Option<PathBuf>,
     pub approle_mount: Option<String>,
-    pub kv_version: Option<crate::keysource::KvVersion>,
+    pub kv_version: Option<keysource::KvVersion>,
     #[serde(default, with = "humantime_serde_compat::option")]
     pub timeout: Option<Duration>,
 }
@@ -312,12 +324,14 @@ impl Config {
         Ok(Config {
             path: path.to_owned(),
             milter,
-            keys,
-            cache,
+            keys: KeyConfig {
+                files: keys,
+                cache,
+                vault,
+                callbacks,
+            },
             log,
             metrics: raw.metrics.unwrap_or_default(),
-            vault,
-            callbacks,
             signing,
         })
     }
@@ -331,7 +345,7 @@ fn validate_vault(vault: &VaultSettings) -> Result<(), String> {
         return Err("set token or token_file, not both".into());
     }
     if let Some(token) = &vault.token {
-        crate::keysource::validate_token(token).map_err(|e| format!("token: {e}"))?;
+        keysource::validate_token(token).map_err(|e| format!("token: {e}"))?;
     }
     match (&vault.role_id, &vault.secret_id_file) {
         (Some(_), Some(_)) | (None, None) => {}

@@ -7,7 +7,7 @@
 
 use super::values::{Algo, Canon, OnError, SignaturePolicy};
 use super::{ConfigError, KeySettings, Template};
-use crate::keysource::{KeySource, VaultSource};
+use super::keysource::{KeySource, VaultSource};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;

@@ -1,6 +1,6 @@
 use super::super::Config;
 use super::*;
-use crate::keysource::KeySource;
+use crate::config::keysource::KeySource;
 use std::path::Path;
 
 fn load(text: &str) -> Result<Config, ConfigError> {
@@ -394,7 +394,7 @@ fn defaults_are_safe() {
     );
     assert_eq!(c.milter.on_error, OnError::Tempfail);
     assert!(c.milter.sign_authenticated);
-    assert!(c.keys.require_safe_permissions);
+    assert!(c.keys.files.require_safe_permissions);
     assert_eq!(c.milter.trusted_networks.len(), 2);
 }
 

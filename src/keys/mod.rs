@@ -10,7 +10,7 @@ pub mod parse;
 pub mod vault;
 
 use crate::config::Config;
-use crate::keysource::ResolvedKeySource;
+use crate::config::keysource::ResolvedKeySource;
 use callback::CallbackRegistry;
 use file::FileStamp;
 use parse::{KeyParseError, PrivateKey, parse_private_key};
@@ -86,9 +86,9 @@ pub struct Backends {
 impl Backends {
     pub fn new(config: &Config, registered: &CallbackRegistry) -> Self {
         Backends {
-            require_safe_permissions: config.keys.require_safe_permissions,
-            vault: VaultPool::new(&config.vault),
-            callbacks: registered.with_config(&config.callbacks),
+            require_safe_permissions: config.keys.files.require_safe_permissions,
+            vault: VaultPool::new(&config.keys.vault),
+            callbacks: registered.with_config(&config.keys.callbacks),
         }
     }
 
@@ -143,7 +143,7 @@ impl Backends {
         new_key(source, &bytes, stamp)
     }
 
-    fn vault_origin(&self, v: &crate::keysource::VaultSource<String>) -> String {
+    fn vault_origin(&self, v: &crate::config::keysource::VaultSource<String>) -> String {
         format!(
             "vault {} {}/{} field {}",
             self.vault

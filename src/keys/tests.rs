@@ -6,7 +6,7 @@ use super::callback::{CallbackError, CallbackRegistry, KeyCallback, KeyFuture};
 use super::generate::{KeyKind, generate};
 use super::*;
 use crate::config::Config;
-use crate::keysource::KeyData;
+use crate::config::keysource::KeyData;
 use crate::metrics::{Lookup, Metrics};
 use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Mutex;
@@ -76,7 +76,7 @@ fn cache_with(config_text: &str, backend: Option<&Scripted>) -> (KeyCache, Arc<M
     let config = Config::parse(config_text, Path::new("test.toml")).unwrap();
     let metrics = Arc::new(Metrics::new());
     let cache = KeyCache::new(
-        config.cache.clone(),
+        config.keys.cache.clone(),
         Backends::new(&config, &registry),
         metrics.clone(),
     );

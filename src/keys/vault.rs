@@ -9,7 +9,7 @@
 //! it). TLS verification is always on: `VAULT_SKIP_VERIFY` in the environment is ignored.
 
 use crate::config::VaultSettings;
-use crate::keysource::{KvVersion, VaultSource, VaultToken, validate_token};
+use crate::config::keysource::{KvVersion, VaultSource, VaultToken, validate_token};
 use arc_swap::ArcSwapOption;
 use secrecy::SecretString;
 use serde_json::Value;
