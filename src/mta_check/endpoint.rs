@@ -242,10 +242,7 @@ mod tests {
     #[test]
     fn an_absolute_path_is_inside_the_chroot_for_a_chrooted_daemon() {
         let run = "unix:/run/signet-milter/signet-milter.sock";
-        assert_eq!(
-            reach(&run.replace("unix:", "unix:"), run, plain()),
-            Reach::Yes
-        );
+        assert_eq!(reach(run, run, plain()), Reach::Yes);
         assert_eq!(
             reach(run, run, chrooted()),
             Reach::HiddenByChroot {

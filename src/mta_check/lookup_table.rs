@@ -110,12 +110,12 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        if raw.starts_with(char::is_whitespace) {
-            if let Some((_, last)) = out.last_mut() {
-                last.push(' ');
-                last.push_str(trimmed);
-                continue;
-            }
+        if raw.starts_with(char::is_whitespace)
+            && let Some((_, last)) = out.last_mut()
+        {
+            last.push(' ');
+            last.push_str(trimmed);
+            continue;
         }
         out.push((i + 1, trimmed.to_string()));
     }

@@ -26,6 +26,44 @@ use crate::config::{Canon, Config, ListenAddr};
 use std::fmt;
 use std::path::PathBuf;
 
+/// Which MTA configurations `check` reads.
+#[derive(Clone, Debug, Default)]
+pub struct Targets {
+    /// `--postfix`: `Some(None)` for the instance postconf finds by itself,
+    /// `Some(Some(dir))` for `--postfix-config DIR`.
+    pub postfix: Option<Option<PathBuf>>,
+    /// `--sendmail [FILE]`: a sendmail.cf, or a .mc.
+    pub sendmail: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MtaCheckError {
+    #[error("Postfix: {0}")]
+    Postfix(#[from] postconf::PostconfError),
+    #[error("Sendmail: {0}")]
+    Sendmail(#[from] sendmail::SendmailError),
+}
+
+/// Reads and checks each configuration asked for, in the order Postfix, Sendmail.
+pub fn reports(targets: &Targets, expect: &Expectations) -> Vec<Result<Report, MtaCheckError>> {
+    let mut out = Vec::new();
+    if let Some(dir) = &targets.postfix {
+        out.push(
+            postconf::read(dir.as_deref())
+                .map(|pf| postfix::analyze(&pf, expect, &LocalHost))
+                .map_err(MtaCheckError::from),
+        );
+    }
+    if let Some(path) = &targets.sendmail {
+        out.push(
+            sendmail::read(path)
+                .map(|sm| sendmail::analyze(&sm, expect, &LocalHost))
+                .map_err(MtaCheckError::from),
+        );
+    }
+    out
+}
+
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {

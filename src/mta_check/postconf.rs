@@ -145,14 +145,14 @@ impl PostfixConfig {
 
     /// The value a service runs with: its own `-o`, else main.cf's (or the default).
     pub fn setting<'a>(&'a self, service: Option<&'a Service>, name: &str) -> Setting<'a> {
-        if let Some(s) = service {
-            if let Some(value) = s.params.get(name) {
-                return Setting {
-                    value,
-                    location: self.option_location(s, name),
-                    per_service: true,
-                };
-            }
+        if let Some(s) = service
+            && let Some(value) = s.params.get(name)
+        {
+            return Setting {
+                value,
+                location: self.option_location(s, name),
+                per_service: true,
+            };
         }
         Setting {
             value: self.main(name),

@@ -166,11 +166,17 @@ impl<'a> Ctx<'a> {
                         .entry((path.param.to_string(), entries[i].name.clone()))
                         .or_default()
                         .push(path.label.clone());
-                    self.default_action(&path, &setting, &entries[i], report);
-                    self.protocol(&path, &setting, &entries[i], report);
+                    self.default_action(&path, &setting, Some(&entries[i]), report);
+                    self.protocol(&path, &setting, Some(&entries[i]), report);
                     self.order(&path, &setting, &entries, i, report);
                 }
-                None => self.not_reached(&path, &setting, &reach, report),
+                None => {
+                    self.not_reached(&path, &setting, &reach, report);
+                    // Once the list names this milter, these apply: report them now, so that
+                    // one run shows everything to change.
+                    self.default_action(&path, &setting, None, report);
+                    self.protocol(&path, &setting, None, report);
+                }
             }
             if path.param == "smtpd_milters" {
                 self.milter_maps(&path, report);
@@ -273,24 +279,25 @@ impl<'a> Ctx<'a> {
         &self,
         path: &MailPath<'_>,
         milters: &Setting<'_>,
-        entry: &MilterEntry,
+        entry: Option<&MilterEntry>,
         report: &mut Report,
     ) {
-        let (action, location, fix) = match entry.settings.get("default_action") {
-            Some(action) => (
-                action.as_str(),
-                milters.location.clone(),
-                format!(
-                    "default_action = tempfail in the {{ {} … }} entry",
-                    entry.name
+        let (action, location, fix) =
+            match entry.and_then(|e| Some((e, e.settings.get("default_action")?))) {
+                Some((entry, action)) => (
+                    action.as_str(),
+                    milters.location.clone(),
+                    format!(
+                        "default_action = tempfail in the {{ {} … }} entry",
+                        entry.name
+                    ),
                 ),
-            ),
-            None => {
-                let s = self.setting(path.talker, "milter_default_action");
-                let fix = self.fix(path.talker, &s, "milter_default_action", "tempfail");
-                (s.value, s.location, fix)
-            }
-        };
+                None => {
+                    let s = self.setting(path.talker, "milter_default_action");
+                    let fix = self.fix(path.talker, &s, "milter_default_action", "tempfail");
+                    (s.value, s.location, fix)
+                }
+            };
         let finding = match action.to_ascii_lowercase().as_str() {
             "tempfail" => {
                 report.pass(
@@ -341,11 +348,12 @@ impl<'a> Ctx<'a> {
         &self,
         path: &MailPath<'_>,
         milters: &Setting<'_>,
-        entry: &MilterEntry,
+        entry: Option<&MilterEntry>,
         report: &mut Report,
     ) {
-        let (text, location, fix) = match entry.settings.get("protocol") {
-            Some(p) => (
+        let (text, location, fix) = match entry.and_then(|e| Some((e, e.settings.get("protocol")?)))
+        {
+            Some((entry, p)) => (
                 p.as_str(),
                 milters.location.clone(),
                 format!("protocol = 6 in the {{ {} … }} entry", entry.name),

@@ -705,3 +705,22 @@ fn edit_distance_suggests_the_parameter_meant() {
     );
     assert_eq!(closest("something_else_entirely", known.into_iter()), None);
 }
+
+#[test]
+fn one_run_shows_the_settings_that_apply_once_the_milter_is_listed() {
+    let report = fixture!("stock")
+        .set("milter_default_action", "accept")
+        .set("milter_protocol", "2")
+        .report_with(RUN_SOCKET, &["x"]);
+    assert_eq!(
+        tags(&report),
+        [
+            (Severity::Problem, "8bit-downgrade"),
+            (Severity::Problem, "default-action"),
+            (Severity::Problem, "milter"),
+            (Severity::Problem, "protocol"),
+        ],
+        "{}",
+        report.render()
+    );
+}
