@@ -671,7 +671,8 @@ impl<'a> Ctx<'a> {
                     format!(
                         "disable_mime_output_conversion = {}{default}: for a next hop that does not \
                          announce 8BITMIME, Postfix converts 8-bit bodies to quoted-printable after \
-                         the milter signed them, and every signature on them fails (body hash mismatch){}",
+                         the milter signed them (the body and the signed Content-Transfer-Encoding \
+                         field change): every signature on them fails{}",
                         setting.value,
                         if hidden {
                             "; smtp_discard_ehlo_keywords/smtp_never_send_ehlo hide 8BITMIME of every \
