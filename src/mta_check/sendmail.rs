@@ -448,9 +448,9 @@ fn eight_bit(sm: &SendmailConfig, report: &mut Report) {
             Some(sm.location(first.line, "MAILER(`smtp')", &format!("M{},", first.name))),
             format!(
                 "mailers {} lack flag 8: for a peer that does not announce 8BITMIME, Sendmail \
-                 converts 8-bit MIME bodies to quoted-printable after the milter signed them (the \
-                 body and the signed Content-Transfer-Encoding field change): every signature on \
-                 them fails",
+                 converts 8-bit MIME bodies to quoted-printable or base64 after the milter signed \
+                 them (the body and the signed Content-Transfer-Encoding field change): every \
+                 signature on them fails",
                 names.join(", ")
             ),
             "define(`SMTP_MAILER_FLAGS', `8')dnl before MAILER(`smtp') (in the .cf: 8 in their F=); \

@@ -785,13 +785,14 @@ assert_8bit_kept() {
 }
 
 # assert_downgraded TOKEN MTA SETTING EXPECT: without SETTING the MTA converted the 8-bit body to
-# quoted-printable after signing, and both verifiers fail every signature (EXPECT: the d:s
+# 7 bit (Postfix uses quoted-printable, Sendmail picks quoted-printable or base64) after signing,
+# and both verifiers fail every signature (EXPECT: the d:s
 # pairs): dkimpy on the body hash; libopendkim already on the header hash, because the
 # conversion also rewrote the signed Content-Transfer-Encoding field. The proof that the
 # setting is what keeps signatures intact.
 assert_downgraded() {
     local t=$1 f=$SINK_DIR/$1.eml name rc_py=0 rc_od=0 bad=
-    name="without $3, $2 converted the 8-bit body to quoted-printable and both verifiers fail it"
+    name="without $3, $2 converted the 8-bit body to 7 bit ($(_delivered_cte "$t" 2>/dev/null || true)) and both verifiers fail it"
     if [[ ! -f $f ]]; then
         assert_add "$name" "FAIL (not delivered)"
         return
@@ -799,7 +800,8 @@ assert_downgraded() {
     "$PY" "$REPO_ROOT/tests/verify_dkim.py" --keys "$KEYDIR" "$f" >"$WORK/results/$t.dkimpy" 2>&1 || rc_py=$?
     "$OPENDKIM_VERIFY" "$KEYTABLE" "$f" >"$WORK/results/$t.opendkim" 2>&1 || rc_od=$?
     sink_got_8bit "$t" && bad+=" 8-bit bytes arrived;"
-    [[ $(_delivered_cte "$t") == quoted-printable ]] || bad+=" Content-Transfer-Encoding: $(_delivered_cte "$t");"
+    [[ $(_delivered_cte "$t") == quoted-printable || $(_delivered_cte "$t") == base64 ]] ||
+        bad+=" Content-Transfer-Encoding: $(_delivered_cte "$t");"
     [[ $rc_py -ne 0 && $rc_od -ne 0 ]] || bad+=" a verifier passed it (dkimpy rc=$rc_py, opendkim rc=$rc_od);"
     # Every signature must be there, and fail on the body hash, not on something else.
     local v

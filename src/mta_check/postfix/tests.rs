@@ -13,33 +13,37 @@ macro_rules! fixture {
     ($name:literal) => {
         Fixture {
             x: include_str!(concat!(
-                "../../tests/fixtures/postfix/",
+                "../../../tests/fixtures/postfix/",
                 $name,
                 "/postconf-x.txt"
             ))
             .into(),
             f: include_str!(concat!(
-                "../../tests/fixtures/postfix/",
+                "../../../tests/fixtures/postfix/",
                 $name,
                 "/postconf-F.txt"
             ))
             .into(),
             px: include_str!(concat!(
-                "../../tests/fixtures/postfix/",
+                "../../../tests/fixtures/postfix/",
                 $name,
                 "/postconf-Px.txt"
             ))
             .into(),
             n: include_str!(concat!(
-                "../../tests/fixtures/postfix/",
+                "../../../tests/fixtures/postfix/",
                 $name,
                 "/postconf-n.stderr"
             ))
             .into(),
-            main_cf: include_str!(concat!("../../tests/fixtures/postfix/", $name, "/main.cf"))
-                .into(),
+            main_cf: include_str!(concat!(
+                "../../../tests/fixtures/postfix/",
+                $name,
+                "/main.cf"
+            ))
+            .into(),
             master_cf: include_str!(concat!(
-                "../../tests/fixtures/postfix/",
+                "../../../tests/fixtures/postfix/",
                 $name,
                 "/master.cf"
             ))
