@@ -145,23 +145,7 @@ fn unmapped(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io;
-
-    struct Names;
-    impl Host for Names {
-        fn same_file(&self, _: &Path, _: &Path) -> bool {
-            false
-        }
-        fn resolve(&self, name: &str) -> Vec<IpAddr> {
-            match name {
-                "localhost" => vec!["::1".parse().unwrap(), "127.0.0.1".parse().unwrap()],
-                _ => vec![],
-            }
-        }
-        fn read_to_string(&self, _: &Path) -> io::Result<String> {
-            Err(io::ErrorKind::NotFound.into())
-        }
-    }
+    use crate::mta_check::host::FakeHost;
 
     fn listen(text: &str) -> ListenAddr {
         text.parse().unwrap()
@@ -188,7 +172,7 @@ mod tests {
             &MilterAddr::parse_postfix(addr).unwrap(),
             &listen(listen_at),
             view,
-            &Names,
+            &FakeHost::default(),
         )
     }
 

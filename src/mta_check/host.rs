@@ -38,3 +38,44 @@ impl Host for LocalHost {
         std::fs::read_to_string(path)
     }
 }
+
+/// For unit tests: files from memory, `localhost` as 127.0.0.1 and ::1, no other name, and
+/// no two paths the same file.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct FakeHost {
+    files: std::collections::HashMap<&'static str, &'static str>,
+}
+
+#[cfg(test)]
+impl FakeHost {
+    pub(crate) fn with_files(files: &[(&'static str, &'static str)]) -> Self {
+        FakeHost {
+            files: files.iter().copied().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Host for FakeHost {
+    fn same_file(&self, _: &Path, _: &Path) -> bool {
+        false
+    }
+
+    fn resolve(&self, name: &str) -> Vec<IpAddr> {
+        match name {
+            "localhost" => vec![
+                IpAddr::from([127, 0, 0, 1]),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
+            _ => vec![],
+        }
+    }
+
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        path.to_str()
+            .and_then(|p| self.files.get(p))
+            .map(|text| text.to_string())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
+    }
+}

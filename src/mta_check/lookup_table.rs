@@ -193,26 +193,7 @@ fn split_list(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-    use std::io;
-    use std::net::IpAddr;
-    use std::path::Path;
-
-    struct Files(HashMap<&'static str, &'static str>);
-    impl Host for Files {
-        fn same_file(&self, _: &Path, _: &Path) -> bool {
-            false
-        }
-        fn resolve(&self, _: &str) -> Vec<IpAddr> {
-            vec![]
-        }
-        fn read_to_string(&self, path: &Path) -> io::Result<String> {
-            self.0
-                .get(path.to_str().unwrap())
-                .map(|s| s.to_string())
-                .ok_or_else(|| io::ErrorKind::NotFound.into())
-        }
-    }
+    use crate::mta_check::host::FakeHost;
 
     fn results(table: &Table) -> Vec<(usize, &str)> {
         match table {
@@ -223,7 +204,7 @@ mod tests {
 
     #[test]
     fn regexp_rules_with_comments_continuations_and_blocks() {
-        let host = Files(HashMap::from([(
+        let host = FakeHost::with_files(&[(
             "/etc/postfix/smtp_header_checks",
             "# strip internal hops\n\
              /^Received:.*internal/   IGNORE\n\
@@ -234,7 +215,7 @@ mod tests {
              /^X-Mailer:/  WARN\n\
              \tcontinued text\n\
              #/^From:/ IGNORE\n",
-        )]));
+        )]);
         let tables = read_all("regexp:/etc/postfix/smtp_header_checks", &host);
         assert_eq!(
             results(&tables[0]),
@@ -252,10 +233,10 @@ mod tests {
 
     #[test]
     fn keyed_inline_static_and_unreadable_tables() {
-        let host = Files(HashMap::from([(
+        let host = FakeHost::with_files(&[(
             "/etc/postfix/milter_map",
             "192.0.2.0/24  DISABLE\n10.0.0.0/8 inet:127.0.0.1:8891, unix:x.sock\n",
-        )]));
+        )]);
         let tables = read_all(
             "cidr:/etc/postfix/milter_map, inline:{ { a = REPLACE x }, { b = WARN y, z } } static:{DUNNO}",
             &host,

@@ -2,9 +2,8 @@
 //! (tests/fixtures/sendmail, made by its make.sh).
 
 use super::*;
+use crate::mta_check::host::FakeHost;
 use crate::mta_check::{Finding, Severity};
-use std::io;
-use std::net::IpAddr;
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -13,22 +12,6 @@ macro_rules! fixture {
             include_str!(concat!("../../tests/fixtures/sendmail/", $name, ".mc")),
         )
     };
-}
-
-struct NoHost;
-impl Host for NoHost {
-    fn same_file(&self, _: &Path, _: &Path) -> bool {
-        false
-    }
-    fn resolve(&self, name: &str) -> Vec<IpAddr> {
-        match name {
-            "localhost" => vec!["127.0.0.1".parse().unwrap()],
-            _ => vec![],
-        }
-    }
-    fn read_to_string(&self, _: &Path) -> io::Result<String> {
-        Err(io::ErrorKind::NotFound.into())
-    }
 }
 
 const RUN_SOCKET: &str = "unix:/run/signet-milter/signet-milter.sock";
@@ -44,13 +27,13 @@ fn expect(listen: &str, simple: &[&str]) -> Expectations {
 /// The report for the .cf as sendmail reads it.
 fn cf_report((cf, _): (&str, &str), listen: &str, simple: &[&str]) -> Report {
     let config = SendmailConfig::parse(cf, "/etc/mail/sendmail.cf".into(), None);
-    analyze(&config, &expect(listen, simple), &NoHost)
+    analyze(&config, &expect(listen, simple), &FakeHost::default())
 }
 
 /// The report for the .mc operators edit (locations point into it).
 fn mc_report((cf, mc): (&str, &str), listen: &str) -> Report {
     let config = SendmailConfig::parse(cf, "/etc/mail/sendmail.mc".into(), Some(mc.into()));
-    analyze(&config, &expect(listen, &[]), &NoHost)
+    analyze(&config, &expect(listen, &[]), &FakeHost::default())
 }
 
 fn tags(report: &Report) -> Vec<(Severity, &'static str)> {
@@ -229,7 +212,7 @@ fn flags_and_sockets() {
         analyze(
             &SendmailConfig::parse(text, "/etc/mail/sendmail.cf".into(), None),
             &expect(listen, &[]),
-            &NoHost,
+            &FakeHost::default(),
         )
     };
     let r = report(

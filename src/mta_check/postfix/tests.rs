@@ -2,12 +2,10 @@
 //! make.sh with Debian 12's Postfix 3.7), and over edits of them for the single cases.
 
 use super::*;
+use crate::mta_check::host::FakeHost;
 use crate::mta_check::postconf::PostconfOutput;
 use crate::mta_check::{Finding, Severity};
-use std::collections::HashMap;
-use std::io;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -136,53 +134,27 @@ impl Fixture {
             listen: listen.parse().unwrap(),
             simple_header_entries: simple.iter().map(|s| s.to_string()).collect(),
         };
-        analyze(&self.config(), &expect, &FakeHost::default())
+        analyze(&self.config(), &expect, &host())
     }
 }
 
-/// The machine: the tables the fixtures name, and localhost.
-struct FakeHost {
-    files: HashMap<&'static str, &'static str>,
-}
-
-impl Default for FakeHost {
-    fn default() -> Self {
-        FakeHost {
-            files: HashMap::from([
-                (
-                    "/etc/postfix/smtp_header_checks",
-                    "# drop internal hops\n/^Received: from .*\\.internal/  IGNORE\n/^X-Mailer:/ WARN\n",
-                ),
-                (
-                    "/etc/postfix/milter_header_checks",
-                    "/^X-Spam-Flag:/ REPLACE X-Spam-Flag: NO\n",
-                ),
-                (
-                    "/etc/postfix/milter_map",
-                    "192.0.2.0/24   DISABLE\n198.51.100.0/24 unix:signet-milter/signet-milter.sock\n",
-                ),
-                ("/etc/postfix/warn_only", "/^Subject:/ WARN\n/^X-/ INFO\n"),
-            ]),
-        }
-    }
-}
-
-impl Host for FakeHost {
-    fn same_file(&self, _: &Path, _: &Path) -> bool {
-        false
-    }
-    fn resolve(&self, name: &str) -> Vec<IpAddr> {
-        match name {
-            "localhost" => vec!["127.0.0.1".parse().unwrap()],
-            _ => vec![],
-        }
-    }
-    fn read_to_string(&self, path: &Path) -> io::Result<String> {
-        self.files
-            .get(path.to_str().unwrap())
-            .map(|s| s.to_string())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
-    }
+/// The machine: the tables the fixtures name.
+fn host() -> FakeHost {
+    FakeHost::with_files(&[
+        (
+            "/etc/postfix/smtp_header_checks",
+            "# drop internal hops\n/^Received: from .*\\.internal/  IGNORE\n/^X-Mailer:/ WARN\n",
+        ),
+        (
+            "/etc/postfix/milter_header_checks",
+            "/^X-Spam-Flag:/ REPLACE X-Spam-Flag: NO\n",
+        ),
+        (
+            "/etc/postfix/milter_map",
+            "192.0.2.0/24   DISABLE\n198.51.100.0/24 unix:signet-milter/signet-milter.sock\n",
+        ),
+        ("/etc/postfix/warn_only", "/^Subject:/ WARN\n/^X-/ INFO\n"),
+    ])
 }
 
 const RUN_SOCKET: &str = "unix:/run/signet-milter/signet-milter.sock";

@@ -175,22 +175,13 @@ impl<'a> Ctx<'a> {
         entry: Option<&MilterEntry>,
         report: &mut Report,
     ) {
-        let (action, location, fix) =
-            match entry.and_then(|e| Some((e, e.settings.get("default_action")?))) {
-                Some((entry, action)) => (
-                    action.as_str(),
-                    milters.location.clone(),
-                    format!(
-                        "default_action = tempfail in the {{ {} … }} entry",
-                        entry.name
-                    ),
-                ),
-                None => {
-                    let s = self.setting(path.talker, "milter_default_action");
-                    let fix = self.fix(path.talker, &s, "milter_default_action", "tempfail");
-                    (s.value, s.location, fix)
-                }
-            };
+        let (action, location, fix) = self.milter_setting(
+            path,
+            milters,
+            entry,
+            ("default_action", "milter_default_action"),
+            "tempfail",
+        );
         let finding = match action.to_ascii_lowercase().as_str() {
             "tempfail" => {
                 report.pass(
@@ -237,6 +228,33 @@ impl<'a> Ctx<'a> {
         report.add(finding.for_service(&path.label));
     }
 
+    /// A per-milter setting (`{ name, key = value }`, Postfix 3.0) else the `milter_*`
+    /// parameter the path's service runs with: its value, where to change it, and the fix.
+    fn milter_setting<'s>(
+        &self,
+        path: &MailPath<'a>,
+        milters: &Setting<'_>,
+        entry: Option<&'s MilterEntry>,
+        (key, param): (&str, &str),
+        good: &str,
+    ) -> (&'s str, Location, String)
+    where
+        'a: 's,
+    {
+        match entry.and_then(|e| Some((e, e.settings.get(key)?))) {
+            Some((entry, value)) => (
+                value.as_str(),
+                milters.location.clone(),
+                format!("{key} = {good} in the {{ {} … }} entry", entry.name),
+            ),
+            None => {
+                let s = self.setting(path.talker, param);
+                let fix = self.fix(path.talker, &s, param, good);
+                (s.value, s.location, fix)
+            }
+        }
+    }
+
     fn protocol(
         &self,
         path: &MailPath<'_>,
@@ -244,19 +262,8 @@ impl<'a> Ctx<'a> {
         entry: Option<&MilterEntry>,
         report: &mut Report,
     ) {
-        let (text, location, fix) = match entry.and_then(|e| Some((e, e.settings.get("protocol")?)))
-        {
-            Some((entry, p)) => (
-                p.as_str(),
-                milters.location.clone(),
-                format!("protocol = 6 in the {{ {} … }} entry", entry.name),
-            ),
-            None => {
-                let s = self.setting(path.talker, "milter_protocol");
-                let fix = self.fix(path.talker, &s, "milter_protocol", "6");
-                (s.value, s.location, fix)
-            }
-        };
+        let (text, location, fix) =
+            self.milter_setting(path, milters, entry, ("protocol", "milter_protocol"), "6");
         // "6", or a version with extensions such as "4, no_header_reply" (milter8.c).
         let version = text
             .split(|c: char| c == ',' || c.is_whitespace())
