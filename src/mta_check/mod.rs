@@ -304,6 +304,21 @@ impl Report {
     }
 }
 
+#[cfg(test)]
+impl Report {
+    /// What was found, as (severity, tag) pairs, sorted, each once: what the tests compare.
+    pub(crate) fn tags(&self) -> Vec<(Severity, &'static str)> {
+        let mut t: Vec<_> = self
+            .findings
+            .iter()
+            .map(|f| (f.severity, f.check.tag()))
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }

@@ -36,17 +36,6 @@ fn mc_report((cf, mc): (&str, &str), listen: &str) -> Report {
     analyze(&config, &expect(listen, &[]), &FakeHost::default())
 }
 
-fn tags(report: &Report) -> Vec<(Severity, &'static str)> {
-    let mut t: Vec<_> = report
-        .findings
-        .iter()
-        .map(|f| (f.severity, f.check.tag()))
-        .collect();
-    t.sort();
-    t.dedup();
-    t
-}
-
 fn at(f: &Finding) -> String {
     f.location.as_ref().unwrap().to_string()
 }
@@ -60,7 +49,7 @@ fn mc_line(mc: &str, needle: &str) -> String {
 fn debian_as_installed_has_no_milter_and_downgrades_8bit_mail() {
     let report = cf_report(fixture!("stock"), RUN_SOCKET, &[]);
     assert_eq!(
-        tags(&report),
+        report.tags(),
         [
             (Severity::Problem, "8bit-downgrade"),
             (Severity::Problem, "milter")
@@ -104,7 +93,7 @@ fn the_documented_setup_passes() {
     );
     // The same filter spelt unix: on the milter's side of a TCP socket is not this milter.
     let report = cf_report(fixture!("documented"), LOOPBACK, &[]);
-    assert_eq!(tags(&report), [(Severity::Problem, "milter")]);
+    assert_eq!(report.tags(), [(Severity::Problem, "milter")]);
 }
 
 #[test]
@@ -112,7 +101,7 @@ fn the_wrong_configuration_reports_every_item() {
     let fx = fixture!("wrong");
     let report = cf_report(fx, LOOPBACK, &["[domain.\"ss.example\"]"]);
     assert_eq!(
-        tags(&report),
+        report.tags(),
         [
             (Severity::Warning, "header-reformatting"),
             (Severity::Warning, "milter-order"),
@@ -220,7 +209,7 @@ fn flags_and_sockets() {
         LOOPBACK,
     );
     assert_eq!(
-        tags(&r),
+        r.tags(),
         [(Severity::Warning, "default-action")],
         "{}",
         r.render()
@@ -230,7 +219,7 @@ fn flags_and_sockets() {
         "inet:[::1]:8891",
     );
     assert_eq!(
-        tags(&r),
+        r.tags(),
         [(Severity::Problem, "8bit-downgrade")],
         "{}",
         r.render()

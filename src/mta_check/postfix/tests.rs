@@ -161,17 +161,6 @@ const RUN_SOCKET: &str = "unix:/run/signet-milter/signet-milter.sock";
 const CHROOT_SOCKET: &str = "unix:/var/spool/postfix/signet-milter/signet-milter.sock";
 const E2E_SOCKET: &str = "unix:/var/spool/postfix/signet-e2e/milter.sock";
 
-fn tags(report: &Report) -> Vec<(Severity, &'static str)> {
-    let mut t: Vec<_> = report
-        .findings
-        .iter()
-        .map(|f| (f.severity, f.check.tag()))
-        .collect();
-    t.sort();
-    t.dedup();
-    t
-}
-
 fn only(report: &Report, check: Check) -> &Finding {
     let found: Vec<&Finding> = report.about(check).collect();
     assert_eq!(found.len(), 1, "{check}: {}", report.render());
@@ -188,7 +177,7 @@ fn line_of(text: &str, needle: &str) -> Option<usize> {
 fn debian_as_installed_signs_nothing_and_downgrades_8bit_mail() {
     let report = fixture!("stock").report(RUN_SOCKET);
     assert_eq!(
-        tags(&report),
+        report.tags(),
         [
             (Severity::Problem, "8bit-downgrade"),
             (Severity::Problem, "milter")
@@ -274,7 +263,7 @@ fn an_absolute_socket_outside_the_chroot_is_refused_for_chrooted_daemons() {
         .field("cleanup/unix", "chroot", "y")
         .report(RUN_SOCKET);
     assert_eq!(
-        tags(&report),
+        report.tags(),
         [(Severity::Problem, "chroot")],
         "{}",
         report.render()
@@ -310,7 +299,7 @@ fn the_wrong_configuration_reports_every_item() {
     let report = fx.report_with(CHROOT_SOCKET, &["[domain.\"ss.example\"]"]);
     let text = report.render();
     assert_eq!(
-        tags(&report),
+        report.tags(),
         [
             (Severity::Warning, "content-filter"),
             (Severity::Warning, "milter-header-checks"),
@@ -689,7 +678,7 @@ fn one_run_shows_the_settings_that_apply_once_the_milter_is_listed() {
         .set("milter_protocol", "2")
         .report_with(RUN_SOCKET, &["x"]);
     assert_eq!(
-        tags(&report),
+        report.tags(),
         [
             (Severity::Problem, "8bit-downgrade"),
             (Severity::Problem, "default-action"),
