@@ -1,7 +1,9 @@
-//! The command line: `run` (the default), `check`, `sign`, `keygen`.
+//! The command line: `run` (the default), `check` (with `--dns`, `--postfix`, `--sendmail`),
+//! `sign`, `keygen`.
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::keys::generate::{KeyKind, generate, write_key_files, zone_record};
+use crate::mta_check;
 use crate::policy::{self, ClientAddr, Origin};
 use crate::runtime::{Environment, Runtime};
 use crate::server;
@@ -47,6 +49,16 @@ enum Command {
         /// Ask this DNS server (IP or IP:PORT) instead of the system's resolvers.
         #[arg(long, requires = "dns", value_name = "ADDR", value_parser = parse_dns_server)]
         dns_server: Option<SocketAddr>,
+        /// Also read Postfix's settings (with postconf) and report each one that makes mail
+        /// leave unsigned or breaks signatures after they were made.
+        #[arg(long)]
+        postfix: bool,
+        /// The Postfix instance to read: its configuration directory (implies --postfix).
+        #[arg(long, value_name = "DIR")]
+        postfix_config: Option<PathBuf>,
+        /// Also read Sendmail's configuration, a .cf or a .mc (run through m4), and report the same.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "/etc/mail/sendmail.cf")]
+        sendmail: Option<PathBuf>,
     },
     /// Sign the message on stdin by the configured rules and write it to stdout.
     Sign {
@@ -88,7 +100,19 @@ pub fn main_with(env: Environment) -> ExitCode {
     let env = Arc::new(env);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config, env),
-        Command::Check { dns, dns_server } => check(&cli.config, env, dns.then_some(dns_server)),
+        Command::Check {
+            dns,
+            dns_server,
+            postfix,
+            postfix_config,
+            sendmail,
+        } => {
+            let mta = mta_check::Targets {
+                postfix: (postfix || postfix_config.is_some()).then_some(postfix_config),
+                sendmail,
+            };
+            check(&cli.config, env, dns.then_some(dns_server), &mta)
+        }
         Command::Sign { client_ip, auth } => sign(&cli.config, env, client_ip, auth),
         Command::Keygen {
             algo,
@@ -172,6 +196,7 @@ fn check(
     config_path: &Path,
     env: Arc<Environment>,
     dns: Option<Option<SocketAddr>>,
+    mta: &mta_check::Targets,
 ) -> anyhow::Result<ExitCode> {
     let config = load(config_path, &env)?;
     println!("{}: configuration ok", config_path.display());
@@ -183,7 +208,7 @@ fn check(
     let statuses = tokio.block_on(crate::check::key_statuses(&runtime));
     if statuses.is_empty() {
         println!("no signing entries: nothing will be signed");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit_code(check_mtas(&runtime.config, mta)));
     }
     let rows: Vec<[String; 5]> = statuses
         .iter()
@@ -212,11 +237,37 @@ fn check(
         Some(server) => tokio.block_on(check_dns(&runtime, server))?,
         None => true,
     };
-    Ok(if failed == 0 && dns_ok {
+    let mta_ok = check_mtas(&runtime.config, mta);
+    Ok(exit_code(failed == 0 && dns_ok && mta_ok))
+}
+
+fn exit_code(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
+}
+
+/// Prints what the MTA configurations asked for do to signing; returns whether none of them
+/// can make mail leave unsigned or break its signatures (warnings do not count).
+fn check_mtas(config: &Config, targets: &mta_check::Targets) -> bool {
+    let expect = mta_check::Expectations::from_config(config);
+    let mut ok = true;
+    for result in mta_check::reports(targets, &expect) {
+        println!();
+        match result {
+            Ok(report) => {
+                print!("{}", report.render());
+                ok &= !report.has_problems();
+            }
+            Err(e) => {
+                println!("cannot check the MTA: {e}");
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// Prints what DNS publishes for every selector; returns whether all of it is right.

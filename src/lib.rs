@@ -14,6 +14,7 @@ pub mod manpage;
 pub mod message;
 pub mod metrics;
 pub mod milter;
+pub mod mta_check;
 pub mod notify;
 pub mod policy;
 pub mod reply_batch;

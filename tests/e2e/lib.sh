@@ -690,3 +690,172 @@ show_header_block() {
     log "header block of $2 as delivered:"
     sed -n '1,/^\r\{0,1\}$/p' "$1" | cut -c1-120 | sed 's/\r$//; s/^/    | /'
 }
+
+# --- 8-bit bodies, a next hop without 8BITMIME, and `check` on the MTA's own settings ------------
+# A signature is only worth something if the message still verifies after the MTA sent it on.
+# An MTA that relays an 8-bit body to a server without 8BITMIME converts it to quoted-printable
+# unless told not to (Postfix: disable_mime_output_conversion = yes; Sendmail: flag 8 on its SMTP
+# mailers), and that happens after the milter signed it. These helpers send such a message the
+# way a mail client does, to a sink that announces neither 8BITMIME nor SMTPUTF8, and tell what
+# arrived. The 7-bit sink stores into $SINK_DIR too, so verify_case works for its messages.
+SINK7_DOMAIN=sink7.signet-e2e.test
+RCPT7="rcpt@$SINK7_DOMAIN"
+SHAPE_DESC[body8bit]="8-bit UTF-8 body (Content-Transfer-Encoding: 8bit) to a next hop without 8BITMIME"
+
+start_sink_7bit() { # port
+    require_free_port "$1" "7-bit SMTP sink"
+    "$PY" "$E2E_DIR/smtp_sink.py" --listen "127.0.0.1:$1" --dir "$SINK_DIR" --7bit \
+        </dev/null >>"$WORK/sink7.log" 2>&1 &
+    SINK7_PID=$!
+    on_exit 'stop_pid "$SINK7_PID" "7-bit SMTP sink"'
+    wait_listening "$1" 10 || {
+        cat "$WORK/sink7.log"
+        die "7-bit SMTP sink did not listen on 127.0.0.1:$1"
+    }
+    log "7-bit SMTP sink (no 8BITMIME, no SMTPUTF8) on 127.0.0.1:$1 (pid $SINK7_PID)"
+}
+
+# make_8bit_body_message DOMAIN TOKEN OUTFILE: ASCII header fields, an 8-bit UTF-8 body.
+make_8bit_body_message() {
+    {
+        printf '%s\n' "From: Signet Test <sender@$1>" "To: Recipient <$RCPT7>" \
+            "Subject: 8-bit body to a 7-bit next hop ($2)"
+        _common_headers "$2"
+        printf '%s\n' "MIME-Version: 1.0" "Content-Type: text/plain; charset=utf-8" \
+            "Content-Transfer-Encoding: 8bit" "" \
+            "Grüße aus Köln! Ça va? Ünïcödé: ✓ 日本語 😀" "Zweite Zeile: äöüß ÄÖÜ" \
+            "A line of plain ASCII." ""
+    } >"$3"
+}
+
+# smtp_send_8bitmime TOKEN PORT MSGFILE FROM RCPT: one SMTP submission as a mail client makes it:
+# BODY=8BITMIME when the server offers it. The transcript has the final reply in swaks' form,
+# so case_sent finds the queue id.
+smtp_send_8bitmime() {
+    local rc=0
+    "$PY" - "$2" "$3" "$4" "$5" >"$WORK/msgs/$1.smtp" 2>&1 <<'PYEOF' || rc=$?
+import smtplib, sys
+port, path, sender, rcpt = sys.argv[1:]
+data = open(path, "rb").read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+s = smtplib.SMTP("127.0.0.1", int(port), local_hostname="client.signet-e2e.test", timeout=300)
+s.ehlo()
+options = ["BODY=8BITMIME"] if s.has_extn("8bitmime") else []
+print("-> MAIL FROM:<%s> %s" % (sender, " ".join(options)))
+code, reply = s.mail(sender, options)
+print("<-  %d %s" % (code, reply.decode()))
+if code != 250:
+    sys.exit(1)
+code, reply = s.rcpt(rcpt)
+print("<-  %d %s" % (code, reply.decode()))
+if code not in (250, 251):
+    sys.exit(1)
+code, reply = s.data(data)
+print("<-  %d %s" % (code, reply.decode()))
+s.quit()
+sys.exit(0 if code == 250 else 1)
+PYEOF
+    case_sent "$1" "$rc" "$WORK/msgs/$1.smtp"
+}
+
+# wait_for_sink TOKEN: until the message is in the sink (DELIVERY_TIMEOUT); 1 if it is not.
+wait_for_sink() {
+    local deadline=$((SECONDS + DELIVERY_TIMEOUT))
+    until [[ -f $SINK_DIR/$1.eml ]]; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.3
+    done
+}
+
+# sink_got_8bit TOKEN: whether the sink received 8-bit bytes for that message.
+sink_got_8bit() { grep -qx '8bit-data: yes' "$SINK_DIR/$1.env" 2>/dev/null; }
+
+# The Content-Transfer-Encoding the message arrived with, lower case.
+_delivered_cte() { header_field "$SINK_DIR/$1.eml" Content-Transfer-Encoding | sed 's/^[^:]*:[[:space:]]*//' | tr 'A-Z' 'a-z'; }
+
+# assert_8bit_kept TOKEN MTA: the 8-bit body reached the 7-bit next hop as it was signed.
+assert_8bit_kept() {
+    local name="$2 sent the 8-bit body to the 7-bit next hop unconverted (so the signatures above can verify)"
+    if [[ ! -f $SINK_DIR/$1.eml ]]; then
+        assert_add "$name" "FAIL (not delivered)"
+    elif sink_got_8bit "$1" && [[ $(_delivered_cte "$1") == 8bit ]]; then
+        assert_add "$name" pass
+    else
+        assert_add "$name" "FAIL (arrived as $(_delivered_cte "$1"), 8-bit bytes: $(sink_got_8bit "$1" && echo yes || echo no))"
+    fi
+}
+
+# assert_downgraded TOKEN MTA SETTING EXPECT: without SETTING the MTA converted the 8-bit body to
+# 7 bit (Postfix uses quoted-printable, Sendmail picks quoted-printable or base64) after signing,
+# and both verifiers fail every signature (EXPECT: the d:s
+# pairs): dkimpy on the body hash; libopendkim already on the header hash, because the
+# conversion also rewrote the signed Content-Transfer-Encoding field. The proof that the
+# setting is what keeps signatures intact.
+assert_downgraded() {
+    local t=$1 f=$SINK_DIR/$1.eml name rc_py=0 rc_od=0 bad=
+    name="without $3, $2 converted the 8-bit body to 7 bit ($(_delivered_cte "$t" 2>/dev/null || true)) and both verifiers fail it"
+    if [[ ! -f $f ]]; then
+        assert_add "$name" "FAIL (not delivered)"
+        return
+    fi
+    "$PY" "$REPO_ROOT/tests/verify_dkim.py" --keys "$KEYDIR" "$f" >"$WORK/results/$t.dkimpy" 2>&1 || rc_py=$?
+    "$OPENDKIM_VERIFY" "$KEYTABLE" "$f" >"$WORK/results/$t.opendkim" 2>&1 || rc_od=$?
+    sink_got_8bit "$t" && bad+=" 8-bit bytes arrived;"
+    [[ $(_delivered_cte "$t") == quoted-printable || $(_delivered_cte "$t") == base64 ]] ||
+        bad+=" Content-Transfer-Encoding: $(_delivered_cte "$t");"
+    [[ $rc_py -ne 0 && $rc_od -ne 0 ]] || bad+=" a verifier passed it (dkimpy rc=$rc_py, opendkim rc=$rc_od);"
+    # Every signature must be there, and fail on the body hash, not on something else.
+    local v
+    for v in dkimpy opendkim; do
+        [[ $(_reported_pairs "$WORK/results/$t.$v") == "$(_expected_pairs "$4")" ]] ||
+            bad+=" $v saw signatures $(_reported_pairs "$WORK/results/$t.$v" | tr '\n' ' ');"
+        grep -E 'd=[^ ]+ s=' "$WORK/results/$t.$v" | grep -qv ': FAIL' && bad+=" $v passed a signature;"
+    done
+    grep -E 'd=[^ ]+ s=' "$WORK/results/$t.dkimpy" | grep -qv 'body hash mismatch' && bad+=" dkimpy: not all on the body hash;"
+    if [[ -z $bad ]]; then
+        assert_add "$name" pass
+    else
+        assert_add "$name" "FAIL ($bad)"
+        sed 's/^/      dkimpy | /' "$WORK/results/$t.dkimpy"
+        sed 's/^/    opendkim | /' "$WORK/results/$t.opendkim"
+    fi
+}
+
+# run_mta_check NAME ARGS...: `signet-milter check ARGS...` against this test's milter config;
+# its output goes to $WORK/results/check-NAME.out and its exit status to CHECK_RC[NAME].
+declare -A CHECK_RC
+run_mta_check() {
+    local name=$1 rc=0
+    shift
+    "$SIGNET_BIN" check -c "$WORK/milter.toml" "$@" >"$WORK/results/check-$name.out" 2>&1 || rc=$?
+    CHECK_RC[$name]=$rc
+}
+
+# The [tag]s a check output reported as PROBLEM or WARNING, one per line, sorted.
+_check_tags() { sed -nE 's/^  (PROBLEM|WARNING)  \[([a-z0-9-]+)\].*/\2/p' "$WORK/results/check-$1.out" | sort -u; }
+
+# assert_check_reports_none NAME LABEL: exit 0 and not one problem or warning.
+assert_check_reports_none() {
+    local tags
+    tags=$(_check_tags "$1" | tr '\n' ' ')
+    if [[ ${CHECK_RC[$1]} -eq 0 && -z $tags ]] && grep -qx '0 problems, 0 warnings' "$WORK/results/check-$1.out"; then
+        assert_add "$2" pass
+    else
+        assert_add "$2" "FAIL (exit ${CHECK_RC[$1]}, reported: ${tags:-none})"
+        sed 's/^/    check | /' "$WORK/results/check-$1.out"
+    fi
+}
+
+# assert_check_reports NAME LABEL RC TAG...: exit status RC (1 when a tag is a problem, 0 when
+# all are warnings) and exactly these tags reported.
+assert_check_reports() {
+    local name=$1 label=$2 rc=$3 got want
+    shift 3
+    got=$(_check_tags "$name" | tr '\n' ' ')
+    want=$(printf '%s\n' "$@" | sort -u | tr '\n' ' ')
+    if [[ ${CHECK_RC[$name]} -eq $rc && $got == "$want" ]]; then
+        assert_add "$label" pass
+    else
+        assert_add "$label" "FAIL (exit ${CHECK_RC[$name]}, reported: ${got:-none}; expected: $want)"
+        sed 's/^/    check | /' "$WORK/results/check-$name.out"
+    fi
+}

@@ -19,6 +19,12 @@
 #     (pickup, non_smtpd_milters) -> signed,
 #   * the matrix (every message shape x signing profile) through smtpd and through the sendmail
 #     command, plus an author domain without an entry (ESP signature only) and a 20 MiB body,
+#   * an 8-bit body (BODY=8BITMIME, as mail clients send it) relayed to a second sink that does
+#     not announce 8BITMIME: with disable_mime_output_conversion = yes (the documented setting)
+#     it arrives unconverted and verifies; without it Postfix converts it to quoted-printable
+#     after signing and both verifiers fail it,
+#   * `signet-milter check --postfix` against this Postfix (reports nothing) and against a copy of
+#     its configuration made wrong on purpose with postconf -c (reports each item),
 #   * verifies every captured message with dkimpy and with OpenDKIM's libopendkim (local key
 #     table, no DNS), checks the milter's own log line for why it signed, prints the table of
 #     cases and exits 1 if any case failed.
@@ -27,7 +33,7 @@
 # libopendkim-dev, a C compiler (.ci/run installs them). No systemd needed. Loopback only.
 #
 # Environment: SIGNET_BIN, SMTP_PORT (2525), SUBMISSION_PORT (2587), ORIGINATING_PORT (2588),
-# SINK_PORT (10025), DELIVERY_TIMEOUT (180 s), BIG_MIB (20), KEEP_WORKDIR=1, VERBOSE=1 (always
+# SINK_PORT (10025), SINK7_PORT (10027, the 7-bit sink), DELIVERY_TIMEOUT (180 s), BIG_MIB (20), KEEP_WORKDIR=1, VERBOSE=1 (always
 # print the milter and Postfix logs).
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
@@ -37,6 +43,7 @@ SMTP_PORT=${SMTP_PORT:-2525}
 SUBMISSION_PORT=${SUBMISSION_PORT:-2587}
 ORIGINATING_PORT=${ORIGINATING_PORT:-2588}
 SINK_PORT=${SINK_PORT:-10025}
+SINK7_PORT=${SINK7_PORT:-10027}
 OUTSIDER=203.0.113.5 # TEST-NET-3: only ever a claimed address in XCLIENT, never contacted
 PF_DIR=/etc/postfix
 PF_SPOOL=/var/spool/postfix
@@ -215,6 +222,15 @@ postconf -M "127.0.0.1:$ORIGINATING_PORT/inet=127.0.0.1:$ORIGINATING_PORT inet n
 [[ -n $(postconf -M postlog/unix-dgram 2>/dev/null) ]] ||
     postconf -M "postlog/unix-dgram=postlog unix-dgram n - n - 1 postlogd"
 
+# --- 8-bit mail to a next hop without 8BITMIME -----------------------------------------------------
+# The setting docs/postfix.md gives: Postfix then sends 8-bit bodies as they were signed instead
+# of converting them to quoted-printable after the milter. Mail for $SINK7_DOMAIN goes to a sink
+# that announces neither 8BITMIME nor SMTPUTF8.
+start_sink_7bit "$SINK7_PORT"
+postconf -e "disable_mime_output_conversion = yes" \
+    "relay_domains = $(postconf -h relay_domains), $SINK7_DOMAIN" \
+    "transport_maps = $(postconf -h transport_maps), inline:{ $SINK7_DOMAIN=smtp:[127.0.0.1]:$SINK7_PORT }"
+
 log "postfix check"
 postfix check || die "postfix check failed"
 # Debian's init script/systemd unit copy /etc/hosts, resolv.conf, ... into the chroot first.
@@ -318,6 +334,19 @@ swaks_send "$BIG_TOKEN" "$SMTP_PORT" "$WORK/msgs/$BIG_TOKEN.eml" "$BIG_TOKEN@${P
 BIG_SEND_S=$(elapsed "$big_start")
 rm -f "$WORK/msgs/$BIG_TOKEN.eml"
 
+# The 8-bit body to the 7-bit next hop, with the documented setting, through smtpd and pickup.
+EIGHT_BIT_SMTP="$RUN_ID-pf-8bit-7bitsink"
+make_8bit_body_message "${PROFILE_DOMAIN[dual]}" "$EIGHT_BIT_SMTP" "$WORK/msgs/$EIGHT_BIT_SMTP.eml"
+case_add "$EIGHT_BIT_SMTP" postfix smtp "${PROFILE_DESC[dual]}" body8bit \
+    "$(expected_sigs dual body8bit)" "trust=trusted client 127.0.0.1"
+smtp_send_8bitmime "$EIGHT_BIT_SMTP" "$SMTP_PORT" "$WORK/msgs/$EIGHT_BIT_SMTP.eml" \
+    "$EIGHT_BIT_SMTP@${PROFILE_DOMAIN[dual]}" "$RCPT7"
+EIGHT_BIT_PICKUP="$RUN_ID-pf-8bit-pickup-7bitsink"
+make_8bit_body_message "${PROFILE_DOMAIN[ss]}" "$EIGHT_BIT_PICKUP" "$WORK/msgs/$EIGHT_BIT_PICKUP.eml"
+case_add "$EIGHT_BIT_PICKUP" postfix sendmail "${PROFILE_DESC[ss]}" body8bit \
+    "$(expected_sigs ss body8bit)" "trust=trusted client 127.0.0.1"
+RCPT=$RCPT7 pickup_send "$EIGHT_BIT_PICKUP" "$WORK/msgs/$EIGHT_BIT_PICKUP.eml" "$EIGHT_BIT_PICKUP@${PROFILE_DOMAIN[ss]}"
+
 wait_for_delivery
 BIG_DELIVERED_S=$(elapsed "$big_start")
 pickup_qids
@@ -332,6 +361,62 @@ for t in "${CASES[@]}"; do
         verify_case "$t"
     fi
 done
+
+# --- 8-bit mail without the setting, and check --postfix -------------------------------------------
+assert_8bit_kept "$EIGHT_BIT_SMTP" "Postfix (smtpd)"
+assert_8bit_kept "$EIGHT_BIT_PICKUP" "Postfix (sendmail command)"
+log "check --postfix against this Postfix"
+run_mta_check e2e --postfix
+assert_check_reports_none e2e "check --postfix on this test's Postfix (the documented settings) reports nothing"
+
+# restart_postfix: stop and start again, so that every daemon runs with the changed main.cf.
+restart_postfix() {
+    postfix stop >/dev/null 2>&1 || true
+    for _ in $(seq 100); do postfix status >/dev/null 2>&1 || break; sleep 0.1; done
+    postfix start >/dev/null 2>&1 || die "postfix start failed"
+    wait_listening "$SMTP_PORT" 20 || die "Postfix smtpd not listening on 127.0.0.1:$SMTP_PORT after the restart"
+}
+log "without disable_mime_output_conversion: the same 8-bit message, and check --postfix again"
+postconf -e "disable_mime_output_conversion = no"
+restart_postfix
+run_mta_check e2e-converting --postfix
+assert_check_reports e2e-converting "check --postfix reports the 8BITMIME downgrade, and only that, once the setting is off" \
+    1 8bit-downgrade
+DOWNGRADED="$RUN_ID-pf-8bit-downgraded"
+make_8bit_body_message "${PROFILE_DOMAIN[dual]}" "$DOWNGRADED" "$WORK/msgs/$DOWNGRADED.eml"
+smtp_send_8bitmime "$DOWNGRADED" "$SMTP_PORT" "$WORK/msgs/$DOWNGRADED.eml" "$DOWNGRADED@${PROFILE_DOMAIN[dual]}" "$RCPT7"
+wait_for_sink "$DOWNGRADED" || log "$DOWNGRADED not delivered within ${DELIVERY_TIMEOUT}s"
+assert_downgraded "$DOWNGRADED" Postfix "disable_mime_output_conversion = yes" "$(expected_sigs dual body8bit)"
+
+# A copy of this configuration, made wrong in every way check --postfix knows, with postconf -c.
+WRONG=$WORK/postfix-wrong
+mkdir -p "$WRONG"
+cp "$PF_DIR/main.cf" "$PF_DIR/master.cf" "$WRONG/"
+printf '/^Received: from .*internal/  IGNORE\n' >"$WRONG/smtp_header_checks"
+printf '/^X-Spam-Flag:/ REPLACE X-Spam-Flag: NO\n' >"$WRONG/milter_header_checks"
+printf '192.0.2.0/24  DISABLE\n' >"$WRONG/milter_map"
+postconf -c "$WRONG" -e \
+    "smtpd_milters = unix:$SOCK_DIR_REL/milter.sock, inet:127.0.0.1:10099" \
+    "non_smtpd_milters =" \
+    "milter_default_action = accept" \
+    "milter_protocol = 4" \
+    "disable_mime_output_conversion = no" \
+    "smtp_generic_maps = inline:{ sender@rr.example=someone@rr.example }" \
+    "smtp_header_checks = regexp:$WRONG/smtp_header_checks" \
+    "milter_header_checks = regexp:$WRONG/milter_header_checks" \
+    "smtp_line_length_limit = 500" \
+    "masquerade_domains = rr.example" \
+    "smtpd_milter_maps = cidr:$WRONG/milter_map" \
+    "smtpd_milter = unix:$SOCK_DIR_REL/milter.sock"
+postconf -c "$WRONG" -P "127.0.0.1:$SMTP_PORT/inet/content_filter=smtp:[127.0.0.1]:10024" \
+    "127.0.0.1:$SMTP_PORT/inet/receive_override_options=no_address_mappings" \
+    "127.0.0.1:$ORIGINATING_PORT/inet/receive_override_options=no_milters"
+postconf -c "$WRONG" -M "127.0.0.1:2589/inet=127.0.0.1:2589 inet n - y - - smtpd -o smtpd_milters=unix:$SOCK_DIR/milter.sock"
+run_mta_check wrong --postfix-config "$WRONG"
+assert_check_reports wrong "check --postfix-config on a Postfix configured wrongly on purpose reports each item" 1 \
+    milter chroot default-action protocol no-milters milter-maps milter-order 8bit-downgrade \
+    output-rewriting output-header-checks milter-header-checks line-length content-filter unknown-setting
+[[ ${VERBOSE:-0} == 1 ]] && sed 's/^/    check | /' "$WORK/results/check-wrong.out"
 
 show_header_block "$SINK_DIR/$RUN_ID-pf-auth.eml" "the SASL-authenticated submission"
 log "${BIG_MIB} MiB message: SMTP submission ${BIG_SEND_S}s (milter signing included), in the sink after ${BIG_DELIVERED_S}s, both verifiers ${BIG_VERIFY_S:-?}s"

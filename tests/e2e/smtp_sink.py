@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A tiny ESMTP sink for the end-to-end tests (Python stdlib only, asyncio).
 
-    smtp_sink.py --listen 127.0.0.1:10026 --dir DIR
+    smtp_sink.py --listen 127.0.0.1:10026 --dir DIR [--7bit]
 
 It accepts every message and writes it, byte for byte as the MTA sent it (CRLF line ends,
 dot-stuffing removed), to DIR/<name>.eml, where <name> is the value of the message's
@@ -9,10 +9,13 @@ X-Signet-Test header (characters outside [A-Za-z0-9._-] replaced by "_"), or "ms
 none. The envelope goes to DIR/<name>.env. Files appear atomically (written as .tmp, renamed), so
 a test can poll for DIR/<name>.eml.
 
-It announces 8BITMIME and SMTPUTF8 so that the MTA relays 8-bit and UTF-8 mail unchanged (an
-MTA that must downgrade to 7 bit would rewrite the body and break every signature; that is an
-MTA setting, not what these tests are about). No PIPELINING, no STARTTLS, no AUTH. Only
-loopback addresses may be used.
+It announces 8BITMIME and SMTPUTF8 so that the MTA relays 8-bit and UTF-8 mail unchanged.
+With --7bit it announces neither, like a next hop that only takes 7-bit mail: an MTA must then
+either convert 8-bit bodies to 7 bit (which breaks every DKIM signature made before) or send
+them as they are; it refuses BODY=8BITMIME (555), as such a server would, and accepts the data
+either way. The .env file records the MAIL FROM parameters and whether the data had 8-bit bytes
+("8bit-data: yes|no"), so a test can tell what the MTA did. No PIPELINING, no STARTTLS, no AUTH.
+Only loopback addresses may be used.
 """
 
 import argparse
@@ -58,10 +61,11 @@ def store(directory, envelope, data):
 
 
 class Session:
-    def __init__(self, reader, writer, directory):
+    def __init__(self, reader, writer, directory, seven_bit):
         self.reader = reader
         self.writer = writer
         self.directory = directory
+        self.seven_bit = seven_bit
         self.reset()
 
     def reset(self):
@@ -95,13 +99,17 @@ class Session:
             verb = line[:4].upper()
             if verb == "EHLO":
                 await self.reply("250-sink.signet-e2e.test")
-                await self.reply("250-8BITMIME")
-                await self.reply("250-SMTPUTF8")
+                if not self.seven_bit:
+                    await self.reply("250-8BITMIME")
+                    await self.reply("250-SMTPUTF8")
                 await self.reply("250 SIZE 0")
             elif verb == "HELO":
                 await self.reply("250 sink.signet-e2e.test")
             elif verb == "MAIL":
                 self.reset()
+                if self.seven_bit and re.search(r"(?i)\s(BODY=8BITMIME|SMTPUTF8)\b", line):
+                    await self.reply("555 5.5.4 8BITMIME and SMTPUTF8 not supported here")
+                    continue
                 self.mail_from = line[5:].strip()
                 await self.reply("250 2.1.0 Ok")
             elif verb == "RCPT":
@@ -116,7 +124,12 @@ class Session:
                     continue
                 await self.reply("354 End data with <CR><LF>.<CR><LF>")
                 data = await self.read_data()
-                envelope = "MAIL %s\n%s\n" % (self.mail_from, "".join("RCPT %s\n" % r for r in self.rcpts))
+                envelope = "MAIL %s\n%s8bit-data: %s\nsink: %s\n" % (
+                    self.mail_from,
+                    "".join("RCPT %s\n" % r for r in self.rcpts),
+                    "yes" if any(b > 127 for b in data) else "no",
+                    "7bit" if self.seven_bit else "8bitmime",
+                )
                 name = store(self.directory, envelope, data)
                 log("stored %s (%d bytes, %d recipients)" % (name, len(data), len(self.rcpts)))
                 self.reset()
@@ -133,17 +146,17 @@ class Session:
                 await self.reply("502 5.5.2 Command not implemented")
 
 
-async def serve(host, port, directory):
+async def serve(host, port, directory, seven_bit):
     async def handle(reader, writer):
         try:
-            await Session(reader, writer, directory).run()
+            await Session(reader, writer, directory, seven_bit).run()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
             log("session ended: %s" % e)
         finally:
             writer.close()
 
     server = await asyncio.start_server(handle, host, port, limit=MAX_LINE)
-    log("listening on %s:%d, storing in %s" % (host, port, directory))
+    log("listening on %s:%d%s, storing in %s" % (host, port, " (7 bit only)" if seven_bit else "", directory))
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
@@ -156,12 +169,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--listen", required=True, metavar="ADDR:PORT", help="loopback address and port")
     ap.add_argument("--dir", required=True, help="where to store the messages")
+    ap.add_argument("--7bit", dest="seven_bit", action="store_true",
+                    help="announce neither 8BITMIME nor SMTPUTF8")
     args = ap.parse_args()
     host, _, port = args.listen.rpartition(":")
     if not ipaddress.ip_address(host.strip("[]")).is_loopback:
         ap.error("--listen must be a loopback address, got %s" % host)
     os.makedirs(args.dir, exist_ok=True)
-    asyncio.run(serve(host.strip("[]"), int(port), args.dir))
+    asyncio.run(serve(host.strip("[]"), int(port), args.dir, args.seven_bit))
 
 
 if __name__ == "__main__":
