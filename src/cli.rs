@@ -137,8 +137,8 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     runtime_builder()?.block_on(async move {
         // Load every key once at startup: problems show in the log now, not on the first message.
         for status in crate::check::key_statuses(&runtime).await {
-            if let Err(e) = &status.status {
-                tracing::warn!(entry = %status.entry, "key not usable yet: {e}");
+            if let Some(problem) = status.problem() {
+                tracing::warn!("key not usable yet: {problem}");
             }
         }
         let listener = server::bind(&runtime.config.milter).await?;
@@ -185,12 +185,13 @@ fn check(
         println!("no signing entries: nothing will be signed");
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 5]> = statuses
+    let rows: Vec<[String; 6]> = statuses
         .iter()
         .map(|s| {
             [
                 s.domain.clone(),
                 s.selector.clone(),
+                s.entry.clone(),
                 s.algorithm.clone(),
                 s.source.clone(),
                 match &s.status {
@@ -201,7 +202,14 @@ fn check(
         })
         .collect();
     print_table(
-        &["DOMAIN", "SELECTOR", "ALGORITHM", "SOURCE", "STATUS"],
+        &[
+            "DOMAIN",
+            "SELECTOR",
+            "SIGNATURE",
+            "ALGORITHM",
+            "SOURCE",
+            "STATUS",
+        ],
         &rows,
     );
     let failed = statuses.iter().filter(|s| s.status.is_err()).count();
@@ -221,11 +229,10 @@ fn check(
 
 /// Prints what DNS publishes for every selector; returns whether all of it is right.
 async fn check_dns(runtime: &Runtime, server: Option<SocketAddr>) -> anyhow::Result<bool> {
-    let resolver = crate::dns_check::resolver(server).map_err(anyhow::Error::msg)?;
-    let published = crate::dns_check::check_published_keys(runtime, &resolver).await;
-    let asked = server.map_or("the system's resolvers".to_string(), |s| s.to_string());
+    let dns = crate::dns::Dns::new(server).map_err(anyhow::Error::msg)?;
+    let published = crate::dns_check::check_published_keys(runtime, &dns).await;
     println!();
-    println!("DNS ({asked}):");
+    println!("DNS ({}):", crate::dns::asked(server));
     let rows: Vec<[String; 3]> = published
         .iter()
         .map(|p| [p.name(), p.entry.clone(), p.status.to_string()])

@@ -172,3 +172,56 @@ fn a_bad_config_names_file_line_and_reason() {
         );
     }
 }
+
+/// The README's dual-signing shape: the Ed25519 `[signature]` signs as each domain with that
+/// domain's own key file. A domain whose Ed25519 key is missing fails `check`, named with its
+/// signature and path, although its RSA key is fine.
+#[test]
+fn check_expands_every_domain_with_each_of_its_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!(
+        "{DUAL}\n[domain.\"example.org\"]\nselector = \"rsa1\"\nadditional_signatures = [\"ed\"]\n"
+    );
+    let config = setup(dir.path(), &table);
+    let keys = dir.path().join("keys");
+    // example.org gets the RSA key but no Ed25519 key.
+    let out = signet(
+        &[
+            "keygen",
+            "--algo",
+            "rsa2048",
+            "--domain",
+            "example.org",
+            "--selector",
+            "rsa1",
+            "--out",
+            keys.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = signet(&["check", "-c", &config], b"");
+    let table = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    let missing = keys.join("example.org/ed1.key");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("example.org ") && l.contains(" ed1 "))
+        .unwrap_or_else(|| panic!("no example.org/ed1 row:\n{table}"));
+    assert!(row.contains("[signature.\"ed\"]"), "{row}");
+    assert!(
+        row.contains(&format!(
+            "ERROR: key file {}: does not exist",
+            missing.display()
+        )),
+        "{row}"
+    );
+    for fine in ["example.com  rsa1", "example.com  ed1", "example.org  rsa1"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(fine))
+            .unwrap_or_else(|| panic!("no {fine} row:\n{table}"));
+        assert!(row.ends_with("  ok"), "{row}");
+    }
+    assert!(table.contains("1 of 4 keys not usable"), "{table}");
+}
