@@ -1,4 +1,4 @@
-//! The command line: `run` (the default), `check`, `sign`, `keygen`.
+//! The command line: `run` (the default), `check`, `sign`, `verify`, `keygen`.
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::keys::generate::{KeyKind, generate, write_key_files, zone_record};
@@ -57,6 +57,24 @@ enum Command {
         #[arg(long)]
         auth: Option<String>,
     },
+    /// Verify the DKIM signatures of a delivered message against DNS, as a receiver does; exit
+    /// 1 unless there is a signature and every one (of --domain, if given) passes.
+    Verify {
+        /// The message (as saved from a mailbox: LF or CRLF, an mbox "From " line is skipped);
+        /// stdin when absent or "-".
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Ask this DNS server (IP or IP:PORT) instead of the system's resolvers.
+        #[arg(long, value_name = "ADDR", value_parser = parse_dns_server, conflicts_with = "keys")]
+        dns_server: Option<SocketAddr>,
+        /// Take public keys from DIR/DOMAIN/SELECTOR.dns (keygen's layout) instead of DNS: check
+        /// mail before its records are published.
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
+        /// Judge only the signatures of this d= domain (repeatable); others are shown.
+        #[arg(long = "domain", value_name = "DOMAIN")]
+        domains: Vec<String>,
+    },
     /// Generate a key pair: DIR/DOMAIN/SELECTOR.key (mode 0600) and .dns; print the DNS record.
     Keygen {
         #[arg(long, value_enum)]
@@ -90,6 +108,12 @@ pub fn main_with(env: Environment) -> ExitCode {
         Command::Run => run(&cli.config, env),
         Command::Check { dns, dns_server } => check(&cli.config, env, dns.then_some(dns_server)),
         Command::Sign { client_ip, auth } => sign(&cli.config, env, client_ip, auth),
+        Command::Verify {
+            file,
+            dns_server,
+            keys,
+            domains,
+        } => verify(file.as_deref(), dns_server, keys.as_deref(), &domains),
         Command::Keygen {
             algo,
             domain,
@@ -350,6 +374,72 @@ fn sign(
     }
     stdout.write_all(&raw)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn verify(
+    file: Option<&Path>,
+    dns_server: Option<SocketAddr>,
+    keys: Option<&Path>,
+    domains: &[String],
+) -> anyhow::Result<ExitCode> {
+    let raw = match file {
+        Some(path) if path != Path::new("-") => std::fs::read(path)
+            .with_context(|| format!("cannot read the message {}", path.display()))?,
+        _ => {
+            let mut raw = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut raw)
+                .context("cannot read the message from stdin")?;
+            raw
+        }
+    };
+    let lookup = match keys {
+        Some(dir) => crate::verify::KeyLookup::Directory(dir),
+        None => crate::verify::KeyLookup::Dns(dns_server),
+    };
+    let report = runtime_builder()?.block_on(crate::verify::verify(&raw, lookup))?;
+    if report.signatures.is_empty() {
+        println!("no DKIM-Signature header: the message is not signed");
+        return Ok(ExitCode::FAILURE);
+    }
+    let rows: Vec<[String; 4]> = report
+        .signatures
+        .iter()
+        .map(|s| {
+            let result = match s.reason.as_str() {
+                "" => s.result.to_string(),
+                reason => format!("{}: {reason}", s.result),
+            };
+            [
+                s.domain.clone(),
+                s.selector.clone(),
+                s.algorithm.clone(),
+                result,
+            ]
+        })
+        .collect();
+    print_table(&["DOMAIN", "SELECTOR", "ALGORITHM", "RESULT"], &rows);
+    println!();
+    println!("{}", report.authentication_results);
+    let judged: Vec<_> = report
+        .signatures
+        .iter()
+        .filter(|s| domains.is_empty() || domains.iter().any(|d| d.eq_ignore_ascii_case(&s.domain)))
+        .collect();
+    if judged.is_empty() {
+        println!();
+        println!("no signature with d={}", domains.join(" or d="));
+        return Ok(ExitCode::FAILURE);
+    }
+    let failed = judged.iter().filter(|s| !s.passed()).count();
+    println!();
+    if failed == 0 {
+        println!("{} of {} signatures pass", judged.len(), judged.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{failed} of {} signatures do not pass", judged.len());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn keygen(kind: KeyKind, domain: &str, selector: &str, out: &Path) -> anyhow::Result<ExitCode> {

@@ -23,3 +23,4 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod sign;
+pub mod verify;
