@@ -1,6 +1,7 @@
 //! The command line: `run` (the default), `check`, `sign`, `verify`, `keygen`.
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::inventory::{KeyLocation, SignAs};
 use crate::keys::generate::{KeyKind, generate, write_key_files, zone_record};
 use crate::policy::{self, ClientAddr, Origin};
 use crate::runtime::{Environment, Runtime};
@@ -47,6 +48,9 @@ enum Command {
         /// Ask this DNS server (IP or IP:PORT) instead of the system's resolvers.
         #[arg(long, requires = "dns", value_name = "ADDR", value_parser = parse_dns_server)]
         dns_server: Option<SocketAddr>,
+        /// Also print the DNS record (zone-file line) to publish for every key.
+        #[arg(long)]
+        records: bool,
     },
     /// Sign the message on stdin by the configured rules and write it to stdout.
     Sign {
@@ -106,7 +110,11 @@ pub fn main_with(env: Environment) -> ExitCode {
     let env = Arc::new(env);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config, env),
-        Command::Check { dns, dns_server } => check(&cli.config, env, dns.then_some(dns_server)),
+        Command::Check {
+            dns,
+            dns_server,
+            records,
+        } => check(&cli.config, env, dns.then_some(dns_server), records),
         Command::Sign { client_ip, auth } => sign(&cli.config, env, client_ip, auth),
         Command::Verify {
             file,
@@ -196,6 +204,7 @@ fn check(
     config_path: &Path,
     env: Arc<Environment>,
     dns: Option<Option<SocketAddr>>,
+    records: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = load(config_path, &env)?;
     println!("{}: configuration ok", config_path.display());
@@ -240,6 +249,9 @@ fn check(
     if failed > 0 {
         println!("{failed} of {} keys not usable", statuses.len());
     }
+    if records {
+        tokio.block_on(print_records(&runtime));
+    }
     let dns_ok = match dns {
         Some(server) => tokio.block_on(check_dns(&runtime, server))?,
         None => true,
@@ -249,6 +261,30 @@ fn check(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The zone-file line to publish for every key that could be loaded.
+async fn print_records(runtime: &Runtime) {
+    println!();
+    println!("DNS records to publish:");
+    for planned in crate::inventory::signing_keys(&runtime.config.signing) {
+        let (SignAs::Domain(domain), KeyLocation::Known(source)) = (&planned.domain, &planned.key)
+        else {
+            println!(
+                "; {}: one record per author domain, at {}._domainkey.<domain>",
+                planned.domain_text(),
+                planned.selector()
+            );
+            continue;
+        };
+        match runtime.keys.get(source).await {
+            Ok(key) => println!("{}", zone_record(domain, planned.selector(), &key)),
+            Err(_) => println!(
+                "; {}._domainkey.{domain}: no key to publish (see the table above)",
+                planned.selector()
+            ),
+        }
+    }
 }
 
 /// Prints what DNS publishes for every selector; returns whether all of it is right.

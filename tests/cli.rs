@@ -225,3 +225,30 @@ fn check_expands_every_domain_with_each_of_its_signatures() {
     }
     assert!(table.contains("1 of 4 keys not usable"), "{table}");
 }
+
+/// `check --records` prints the zone line of every key, the one keygen printed when it made it.
+#[test]
+fn check_records_prints_what_to_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), DUAL);
+    let out = signet(&["check", "-c", &config, "--records"], b"");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let records: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| *l != "DNS records to publish:")
+        .skip(1)
+        .collect();
+    assert_eq!(records.len(), 2, "{stdout}");
+    for selector in ["rsa1", "ed1"] {
+        let value =
+            std::fs::read_to_string(dir.path().join(format!("keys/example.com/{selector}.dns")))
+                .unwrap();
+        let line = records
+            .iter()
+            .find(|l| l.starts_with(&format!("{selector}._domainkey.example.com. IN TXT (")))
+            .unwrap_or_else(|| panic!("no record for {selector}:\n{stdout}"));
+        let joined: String = line.split('"').skip(1).step_by(2).collect();
+        assert_eq!(joined, value.trim(), "{line}");
+    }
+}
