@@ -12,10 +12,11 @@ use mail_auth::hickory_resolver::{Resolver, TokioResolver};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// How long one query waits for an answer, and how often it is sent. A dead server therefore
-/// costs `TIMEOUT * ATTEMPTS` once (the checks stop asking it), not per record.
+/// How long one query waits for an answer, and how often it is sent again after that. A dead
+/// server therefore costs `TIMEOUT * (RETRIES + 1)` once (the checks stop asking it), not per
+/// record.
 const TIMEOUT: Duration = Duration::from_secs(3);
-const ATTEMPTS: usize = 2;
+const RETRIES: usize = 1;
 
 /// The TXT records at one name: each record is its list of strings (RFC 6376 §3.6.2.2 joins
 /// them).
@@ -65,7 +66,7 @@ pub fn resolver_config(
             .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?,
     };
     options.timeout = TIMEOUT;
-    options.attempts = ATTEMPTS;
+    options.attempts = RETRIES;
     // Every answer is wanted fresh: these are one-shot checks.
     options.cache_size = 0;
     Ok((config, options))
@@ -121,11 +122,11 @@ impl TxtLookup for Dns {
 /// A server that never answered is told apart from one that answered with an error, and the
 /// message says what to look at.
 fn classify(error: &NetError, asked: &str) -> LookupError {
-    let waited = TIMEOUT.as_secs() * ATTEMPTS as u64;
+    let waited = TIMEOUT.as_secs() * (RETRIES as u64 + 1);
     match error {
         NetError::Timeout | NetError::NoConnections | NetError::Busy => {
             LookupError::NoAnswer(format!(
-                "no answer from {asked} within {waited} s (UDP and TCP): is a DNS server running \
+                "no answer from {asked} within {waited} s: is a DNS server running \
                  there, and does it answer queries from this host?"
             ))
         }

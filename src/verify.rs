@@ -174,14 +174,7 @@ fn as_on_the_wire(raw: &[u8]) -> Vec<u8> {
             .map_or(&raw[raw.len()..], |i| &raw[i + 1..]),
         None => raw,
     };
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
-    for (i, &b) in raw.iter().enumerate() {
-        if b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
+    crate::message::to_crlf(raw)
 }
 
 /// Public keys from `DIR/DOMAIN/SELECTOR.dns`, answering mail-auth's TXT lookups; a name not

@@ -227,6 +227,21 @@ pub async fn send(
     }
 }
 
+/// Runs the signet-milter binary with `args`, `stdin` on its standard input.
+pub fn run_signet(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_signet-milter"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 pub fn loopback() -> IpAddr {
     "127.0.0.1".parse().unwrap()
 }
