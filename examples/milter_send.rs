@@ -10,7 +10,7 @@
 
 use indymilter::{Actions, MacroStage, ProtoOpts};
 use indymilter_test::{EomAction, Status, TestConnection};
-use signet_milter::message::RawMessage;
+use signet_milter::message::{RawMessage, to_crlf};
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -71,7 +71,7 @@ async fn send(socket: &str, file: &str) -> Result<bool, String> {
     if status != Status::Continue {
         return print(&[], &raw, status);
     }
-    let body = crlf(message.body);
+    let body = to_crlf(message.body);
     if !body.is_empty() {
         conn.body(body).await.map_err(err)?;
     }
@@ -115,20 +115,9 @@ fn print(inserted: &[(String, String)], raw: &[u8], status: Status) -> Result<bo
     for (name, value) in inserted {
         out.extend_from_slice(format!("{name}:{}\r\n", value.replace('\n', "\r\n")).as_bytes());
     }
-    out.extend_from_slice(&crlf(raw));
+    out.extend_from_slice(&to_crlf(raw));
     std::io::stdout()
         .write_all(&out)
         .map_err(|e| e.to_string())?;
     Ok(true)
-}
-
-fn crlf(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
 }

@@ -1,14 +1,13 @@
-//! Does every configured signature have a usable key right now? Used by `check` and at startup.
+//! Does every key a message can be signed with work right now? Used by `check` and at startup.
 
-use crate::config::{SignerTemplate, SigningDomain};
+use crate::inventory::{self, KeyLocation, SigningKey};
 use crate::runtime::Runtime;
-use std::sync::Arc;
 
-/// The state of one configured signature's key.
+/// The state of one key of the [inventory](crate::inventory).
 pub struct KeyStatus {
-    /// `[domain."…"]` or `[signature."…"]`.
+    /// The signature's entry: `[domain."…"]` or `[signature."…"]`.
     pub entry: String,
-    /// The `d=` it signs as (a pattern for wildcard entries).
+    /// The `d=` it signs as (a pattern when that is each message's author domain).
     pub domain: String,
     pub selector: String,
     /// Where the key comes from.
@@ -18,57 +17,51 @@ pub struct KeyStatus {
     pub status: Result<&'static str, String>,
 }
 
-/// Resolves every entry's key through the runtime's key store (which also warms its cache).
+impl KeyStatus {
+    /// One line naming the domain, selector, signature and the problem, for logs.
+    pub fn problem(&self) -> Option<String> {
+        let error = self.status.as_ref().err()?;
+        Some(format!(
+            "{}/{} ({}): {error}",
+            self.domain, self.selector, self.entry
+        ))
+    }
+}
+
+/// Resolves every key of the inventory through the runtime's key store (which also warms its
+/// cache), one after the other.
 pub async fn key_statuses(runtime: &Runtime) -> Vec<KeyStatus> {
-    let table = &runtime.config.signing;
-    let entries: Vec<(&str, &Arc<SignerTemplate>)> = table
-        .domain_entries()
-        .chain(table.signature_entries())
-        .collect();
-    let mut out = Vec::with_capacity(entries.len());
-    for (name, template) in entries {
-        let (domain, per_message) = match &template.domain {
-            SigningDomain::Fixed(d) => (d.clone(), false),
-            SigningDomain::Author if name.starts_with('*') => (name.to_string(), true),
-            SigningDomain::Author if template.label.is_signature() => {
-                ("{domain}".to_string(), true)
-            }
-            SigningDomain::Author => (name.to_string(), false),
-        };
-        let entry = template.label.to_string();
-        let selector = template.selector.clone();
-        let shown_domain = if per_message {
-            "{domain}"
-        } else {
-            domain.as_str()
-        };
-        let source = template.key.resolve(shown_domain, &selector);
-        if per_message && template.key.depends_on_domain() {
-            out.push(KeyStatus {
-                entry,
-                domain,
-                selector,
-                source: source.to_string(),
-                algorithm: template.algo.map_or("-".into(), |a| a.to_string()),
-                status: Ok("resolved per author domain"),
-            });
-            continue;
-        }
-        let (algorithm, status) = match runtime.keys.get(&source).await {
-            Ok(key) => match key.check_algo(template.algo) {
-                Ok(()) => (key.describe(), Ok("ok")),
-                Err(e) => (key.describe(), Err(e.to_string())),
-            },
-            Err(e) => ("-".into(), Err(e.to_string())),
-        };
-        out.push(KeyStatus {
-            entry,
-            domain,
-            selector,
-            source: source.to_string(),
-            algorithm,
-            status,
-        });
+    let keys = inventory::signing_keys(&runtime.config.signing);
+    let mut out = Vec::with_capacity(keys.len());
+    for key in &keys {
+        out.push(key_status(runtime, key).await);
     }
     out
+}
+
+/// Loads one key and checks it against its signature's `algo`. A key that differs per message
+/// cannot be loaded ahead of a message; it is reported as such, not as a problem.
+pub async fn key_status(runtime: &Runtime, key: &SigningKey) -> KeyStatus {
+    let template = &key.signature;
+    let (algorithm, status) = match &key.key {
+        KeyLocation::PerMessage(_) => (
+            template.algo.map_or("-".into(), |a| a.to_string()),
+            Ok("resolved per author domain"),
+        ),
+        KeyLocation::Known(source) => match runtime.keys.get(source).await {
+            Ok(loaded) => match loaded.check_algo(template.algo) {
+                Ok(()) => (loaded.describe(), Ok("ok")),
+                Err(e) => (loaded.describe(), Err(e.to_string())),
+            },
+            Err(e) => ("-".into(), Err(e.to_string())),
+        },
+    };
+    KeyStatus {
+        entry: template.label.to_string(),
+        domain: key.domain_text().to_string(),
+        selector: key.selector().to_string(),
+        source: key.source_text(),
+        algorithm,
+        status,
+    }
 }

@@ -1,7 +1,8 @@
 //! The command line: `run` (the default), `check` (with `--dns`, `--postfix`, `--sendmail`),
-//! `sign`, `keygen`.
+//! `sign`, `verify`, `keygen`.
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::inventory::{KeyLocation, SignAs};
 use crate::keys::generate::{KeyKind, generate, write_key_files, zone_record};
 use crate::mta_check;
 use crate::policy::{self, ClientAddr, Origin};
@@ -49,6 +50,9 @@ enum Command {
         /// Ask this DNS server (IP or IP:PORT) instead of the system's resolvers.
         #[arg(long, requires = "dns", value_name = "ADDR", value_parser = parse_dns_server)]
         dns_server: Option<SocketAddr>,
+        /// Also print the DNS record (zone-file line) to publish for every key.
+        #[arg(long)]
+        records: bool,
         /// Also read Postfix's settings (with postconf) and report each one that makes mail
         /// leave unsigned or breaks signatures after they were made.
         #[arg(long)]
@@ -68,6 +72,24 @@ enum Command {
         /// Treat the message as sent by this SMTP-authenticated user.
         #[arg(long)]
         auth: Option<String>,
+    },
+    /// Verify the DKIM signatures of a delivered message against DNS, as a receiver does; exit
+    /// 1 unless there is a signature and every one (of --domain, if given) passes.
+    Verify {
+        /// The message (as saved from a mailbox: LF or CRLF, an mbox "From " line is skipped);
+        /// stdin when absent or "-".
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Ask this DNS server (IP or IP:PORT) instead of the system's resolvers.
+        #[arg(long, value_name = "ADDR", value_parser = parse_dns_server, conflicts_with = "keys")]
+        dns_server: Option<SocketAddr>,
+        /// Take public keys from DIR/DOMAIN/SELECTOR.dns (keygen's layout) instead of DNS: check
+        /// mail before its records are published.
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
+        /// Judge only the signatures of this d= domain (repeatable); others are shown.
+        #[arg(long = "domain", value_name = "DOMAIN")]
+        domains: Vec<String>,
     },
     /// Generate a key pair: DIR/DOMAIN/SELECTOR.key (mode 0600) and .dns; print the DNS record.
     Keygen {
@@ -103,6 +125,7 @@ pub fn main_with(env: Environment) -> ExitCode {
         Command::Check {
             dns,
             dns_server,
+            records,
             postfix,
             postfix_config,
             sendmail,
@@ -111,9 +134,15 @@ pub fn main_with(env: Environment) -> ExitCode {
                 postfix: (postfix || postfix_config.is_some()).then_some(postfix_config),
                 sendmail,
             };
-            check(&cli.config, env, dns.then_some(dns_server), &mta)
+            check(&cli.config, env, dns.then_some(dns_server), records, &mta)
         }
         Command::Sign { client_ip, auth } => sign(&cli.config, env, client_ip, auth),
+        Command::Verify {
+            file,
+            dns_server,
+            keys,
+            domains,
+        } => verify(file.as_deref(), dns_server, keys.as_deref(), &domains),
         Command::Keygen {
             algo,
             domain,
@@ -161,8 +190,8 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     runtime_builder()?.block_on(async move {
         // Load every key once at startup: problems show in the log now, not on the first message.
         for status in crate::check::key_statuses(&runtime).await {
-            if let Err(e) = &status.status {
-                tracing::warn!(entry = %status.entry, "key not usable yet: {e}");
+            if let Some(problem) = status.problem() {
+                tracing::warn!("key not usable yet: {problem}");
             }
         }
         let listener = server::bind(&runtime.config.milter).await?;
@@ -196,6 +225,7 @@ fn check(
     config_path: &Path,
     env: Arc<Environment>,
     dns: Option<Option<SocketAddr>>,
+    records: bool,
     mta: &mta_check::Targets,
 ) -> anyhow::Result<ExitCode> {
     let config = load(config_path, &env)?;
@@ -210,12 +240,13 @@ fn check(
         println!("no signing entries: nothing will be signed");
         return Ok(exit_code(check_mtas(&runtime.config, mta)));
     }
-    let rows: Vec<[String; 5]> = statuses
+    let rows: Vec<[String; 6]> = statuses
         .iter()
         .map(|s| {
             [
                 s.domain.clone(),
                 s.selector.clone(),
+                s.entry.clone(),
                 s.algorithm.clone(),
                 s.source.clone(),
                 match &s.status {
@@ -226,12 +257,22 @@ fn check(
         })
         .collect();
     print_table(
-        &["DOMAIN", "SELECTOR", "ALGORITHM", "SOURCE", "STATUS"],
+        &[
+            "DOMAIN",
+            "SELECTOR",
+            "SIGNATURE",
+            "ALGORITHM",
+            "SOURCE",
+            "STATUS",
+        ],
         &rows,
     );
     let failed = statuses.iter().filter(|s| s.status.is_err()).count();
     if failed > 0 {
         println!("{failed} of {} keys not usable", statuses.len());
+    }
+    if records {
+        tokio.block_on(print_records(&runtime));
     }
     let dns_ok = match dns {
         Some(server) => tokio.block_on(check_dns(&runtime, server))?,
@@ -270,13 +311,36 @@ fn check_mtas(config: &Config, targets: &mta_check::Targets) -> bool {
     ok
 }
 
+/// The zone-file line to publish for every key that could be loaded.
+async fn print_records(runtime: &Runtime) {
+    println!();
+    println!("DNS records to publish:");
+    for planned in crate::inventory::signing_keys(&runtime.config.signing) {
+        let (SignAs::Domain(domain), KeyLocation::Known(source)) = (&planned.domain, &planned.key)
+        else {
+            println!(
+                "; {}: one record per author domain, at {}._domainkey.<domain>",
+                planned.domain_text(),
+                planned.selector()
+            );
+            continue;
+        };
+        match runtime.keys.get(source).await {
+            Ok(key) => println!("{}", zone_record(domain, planned.selector(), &key)),
+            Err(_) => println!(
+                "; {}._domainkey.{domain}: no key to publish (see the table above)",
+                planned.selector()
+            ),
+        }
+    }
+}
+
 /// Prints what DNS publishes for every selector; returns whether all of it is right.
 async fn check_dns(runtime: &Runtime, server: Option<SocketAddr>) -> anyhow::Result<bool> {
-    let resolver = crate::dns_check::resolver(server).map_err(anyhow::Error::msg)?;
-    let published = crate::dns_check::check_published_keys(runtime, &resolver).await;
-    let asked = server.map_or("the system's resolvers".to_string(), |s| s.to_string());
+    let dns = crate::dns::Dns::new(server).map_err(anyhow::Error::msg)?;
+    let published = crate::dns_check::check_published_keys(runtime, &dns).await;
     println!();
-    println!("DNS ({asked}):");
+    println!("DNS ({}):", crate::dns::asked(server));
     let rows: Vec<[String; 3]> = published
         .iter()
         .map(|p| [p.name(), p.entry.clone(), p.status.to_string()])
@@ -394,6 +458,72 @@ fn sign(
     }
     stdout.write_all(&raw)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn verify(
+    file: Option<&Path>,
+    dns_server: Option<SocketAddr>,
+    keys: Option<&Path>,
+    domains: &[String],
+) -> anyhow::Result<ExitCode> {
+    let raw = match file {
+        Some(path) if path != Path::new("-") => std::fs::read(path)
+            .with_context(|| format!("cannot read the message {}", path.display()))?,
+        _ => {
+            let mut raw = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut raw)
+                .context("cannot read the message from stdin")?;
+            raw
+        }
+    };
+    let lookup = match keys {
+        Some(dir) => crate::verify::KeyLookup::Directory(dir),
+        None => crate::verify::KeyLookup::Dns(dns_server),
+    };
+    let report = runtime_builder()?.block_on(crate::verify::verify(&raw, lookup))?;
+    if report.signatures.is_empty() {
+        println!("no DKIM-Signature header: the message is not signed");
+        return Ok(ExitCode::FAILURE);
+    }
+    let rows: Vec<[String; 4]> = report
+        .signatures
+        .iter()
+        .map(|s| {
+            let result = match s.reason.as_str() {
+                "" => s.result.to_string(),
+                reason => format!("{}: {reason}", s.result),
+            };
+            [
+                s.domain.clone(),
+                s.selector.clone(),
+                s.algorithm.clone(),
+                result,
+            ]
+        })
+        .collect();
+    print_table(&["DOMAIN", "SELECTOR", "ALGORITHM", "RESULT"], &rows);
+    println!();
+    println!("{}", report.authentication_results);
+    let judged: Vec<_> = report
+        .signatures
+        .iter()
+        .filter(|s| domains.is_empty() || domains.iter().any(|d| d.eq_ignore_ascii_case(&s.domain)))
+        .collect();
+    if judged.is_empty() {
+        println!();
+        println!("no signature with d={}", domains.join(" or d="));
+        return Ok(ExitCode::FAILURE);
+    }
+    let failed = judged.iter().filter(|s| !s.passed()).count();
+    println!();
+    if failed == 0 {
+        println!("{} of {} signatures pass", judged.len(), judged.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{failed} of {} signatures do not pass", judged.len());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn keygen(kind: KeyKind, domain: &str, selector: &str, out: &Path) -> anyhow::Result<ExitCode> {

@@ -3,23 +3,15 @@
 //! receivers while the milter itself is perfectly happy: a record never published, an old key
 //! left in DNS after a rotation, a record mangled by a DNS provider.
 
-use crate::config::{Algo, SignatureLabel, SignerTemplate, SigningDomain, SigningTable};
+use crate::config::Algo;
+use crate::dns::{LookupError, TxtLookup};
+use crate::inventory::{self, KeyLocation, SignAs};
 use crate::keys::parse::PrivateKey;
-use crate::policy::{self, NoAuthor};
 use crate::runtime::Runtime;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use mail_auth::hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
-use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
-use mail_auth::hickory_resolver::proto::rr::RData;
-use mail_auth::hickory_resolver::{Resolver, TokioResolver};
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// One `selector._domainkey.domain` to look at, and what was found there.
 pub struct PublishedKey {
@@ -61,6 +53,8 @@ pub enum Published {
     Several(usize),
     /// The lookup itself failed (timeout, SERVFAIL, …): nothing is known.
     LookupFailed(String),
+    /// Not looked up, because the server did not answer an earlier lookup.
+    NotAsked(String),
     /// Our own key could not be loaded, so there is nothing to compare.
     NoKey(String),
     /// The signing domain is each message's author domain: no single name to look up.
@@ -108,6 +102,7 @@ impl fmt::Display for Published {
                 "AMBIGUOUS: {n} TXT records; receivers may use any of them (keep one)"
             ),
             Published::LookupFailed(why) => write!(f, "LOOKUP FAILED: {why}"),
+            Published::NotAsked(why) => write!(f, "NOT LOOKED UP: {why}"),
             Published::NoKey(why) => write!(f, "NO KEY to compare: {why}"),
             Published::PerAuthorDomain => {
                 write!(f, "not checked: signs as each message's author domain")
@@ -116,71 +111,35 @@ impl fmt::Display for Published {
     }
 }
 
-/// A resolver asking `server` (UDP, then TCP), or the system's resolvers when `None`.
-pub fn resolver(server: Option<SocketAddr>) -> Result<TokioResolver, String> {
-    let mut options = ResolverOpts::default();
-    options.timeout = Duration::from_secs(5);
-    options.attempts = 2;
-    // Every answer is wanted fresh: this is a one-shot check.
-    options.cache_size = 0;
-    let builder = match server {
-        Some(addr) => {
-            let mut udp = ConnectionConfig::udp();
-            udp.port = addr.port();
-            let mut tcp = ConnectionConfig::tcp();
-            tcp.port = addr.port();
-            let server = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-            // /etc/hosts is no DNS: only the given server answers.
-            options.use_hosts_file = ResolveHosts::Never;
-            Resolver::builder_with_config(
-                ResolverConfig::from_parts(None, vec![], vec![server]),
-                TokioRuntimeProvider::default(),
-            )
-        }
-        None => Resolver::builder_tokio()
-            .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?,
-    };
-    builder
-        .with_options(options)
-        .build()
-        .map_err(|e| format!("cannot set up the DNS resolver: {e}"))
-}
-
-/// Looks up every selector the configuration signs with and compares it with its key.
-pub async fn check_published_keys(
-    runtime: &Runtime,
-    resolver: &TokioResolver,
-) -> Vec<PublishedKey> {
+/// Looks up every key of the [inventory](crate::inventory) whose `d=` is known and compares
+/// what is published with the key. Once the server does not answer at all, the remaining names
+/// are not asked: a dead server costs one timeout, not one per record.
+pub async fn check_published_keys(runtime: &Runtime, dns: &impl TxtLookup) -> Vec<PublishedKey> {
+    let mut unreachable: Option<String> = None;
     let mut out = Vec::new();
-    for target in selectors_to_check(&runtime.config.signing) {
-        let Some(domain) = target.domain else {
-            // A wildcard entry shows its pattern; a [signature] shows the template.
-            let domain = match &target.template.label {
-                SignatureLabel::Domain(pattern) => pattern.clone(),
-                SignatureLabel::Signature(_) => "{domain}".into(),
-            };
-            out.push(PublishedKey {
-                domain,
-                selector: target.template.selector.clone(),
-                entry: target.template.label.to_string(),
-                status: Published::PerAuthorDomain,
-                key: None,
-            });
-            continue;
-        };
-        let selector = target.template.selector.clone();
-        let source = target.template.key.resolve(&domain, &selector);
-        let (key, status) = match runtime.keys.get(&source).await {
-            Ok(key) => {
-                let status = lookup(resolver, &domain, &selector, &key).await;
-                (Some(key), status)
+    for planned in inventory::signing_keys(&runtime.config.signing) {
+        let (key, status) = match (&planned.domain, &planned.key) {
+            (SignAs::Domain(domain), KeyLocation::Known(source)) => {
+                match runtime.keys.get(source).await {
+                    Ok(key) => {
+                        let status = match &unreachable {
+                            Some(why) => Published::NotAsked(why.clone()),
+                            None => {
+                                let name = format!("{}._domainkey.{domain}", planned.selector());
+                                lookup(dns, &name, &key, &mut unreachable).await
+                            }
+                        };
+                        (Some(key), status)
+                    }
+                    Err(e) => (None, Published::NoKey(e.to_string())),
+                }
             }
-            Err(e) => (None, Published::NoKey(e.to_string())),
+            _ => (None, Published::PerAuthorDomain),
         };
         out.push(PublishedKey {
-            domain,
-            selector,
-            entry: target.template.label.to_string(),
+            domain: planned.domain_text().to_string(),
+            selector: planned.selector().to_string(),
+            entry: planned.signature.label.to_string(),
             status,
             key,
         });
@@ -188,72 +147,20 @@ pub async fn check_published_keys(
     out
 }
 
-/// One selector to check: `domain` is `None` when it is each message's author domain.
-struct Target {
-    domain: Option<String>,
-    template: Arc<SignerTemplate>,
-}
-
-/// Every (d=, selector) a message can be signed with: what each exact `[domain]` entry plans
-/// (with its extra signatures, `{domain}` filled in), what a message without a `[domain]`
-/// match gets from `[base]`, and every entry with a fixed `d=`. Wildcard and catch-all
-/// entries that sign as the author domain are listed once, unchecked.
-fn selectors_to_check(table: &SigningTable) -> Vec<Target> {
-    // Sorted by domain and selector; the unchecked per-author-domain entries last.
-    let mut found: BTreeMap<(bool, String, String), Target> = BTreeMap::new();
-    let mut add = |domain: Option<String>, template: &Arc<SignerTemplate>| {
-        let key = match &domain {
-            Some(d) => (false, d.clone(), template.selector.clone()),
-            None => (true, template.label.to_string(), template.selector.clone()),
-        };
-        found.entry(key).or_insert_with(|| Target {
-            domain,
-            template: template.clone(),
-        });
-    };
-    for (name, entry) in table.domain_entries() {
-        if name.starts_with('*') {
-            match &entry.domain {
-                SigningDomain::Fixed(d) => add(Some(d.clone()), entry),
-                SigningDomain::Author => add(None, entry),
-            }
-            continue;
-        }
-        for planned in policy::plan(table, Ok(name)).signatures {
-            add(Some(planned.domain), &planned.template);
-        }
-    }
-    for planned in policy::plan(table, Err(&NoAuthor::Missing)).signatures {
-        add(Some(planned.domain), &planned.template);
-    }
-    for (_, entry) in table.signature_entries() {
-        if let SigningDomain::Fixed(d) = &entry.domain {
-            add(Some(d.clone()), entry);
-        }
-    }
-    found.into_values().collect()
-}
-
 async fn lookup(
-    resolver: &TokioResolver,
-    domain: &str,
-    selector: &str,
+    dns: &impl TxtLookup,
+    name: &str,
     key: &PrivateKey,
+    unreachable: &mut Option<String>,
 ) -> Published {
-    let name = format!("{selector}._domainkey.{domain}.");
-    let records: Vec<Vec<Vec<u8>>> = match resolver.txt_lookup(name.as_str()).await {
-        Ok(lookup) => lookup
-            .answers()
-            .iter()
-            .filter_map(|record| match &record.data {
-                RData::TXT(txt) => Some(txt.txt_data.iter().map(|s| s.to_vec()).collect()),
-                _ => None,
-            })
-            .collect(),
-        Err(e) if e.is_no_records_found() => vec![],
-        Err(e) => return Published::LookupFailed(e.to_string()),
-    };
-    compare(&records, key)
+    match dns.txt(name).await {
+        Ok(records) => compare(&records, key),
+        Err(LookupError::NoAnswer(why)) => {
+            *unreachable = Some(format!("{} did not answer", dns.asked()));
+            Published::LookupFailed(why)
+        }
+        Err(LookupError::Failed(why)) => Published::LookupFailed(why),
+    }
 }
 
 /// Compares the TXT records found (each a list of strings) with our key.
@@ -468,6 +375,211 @@ mod tests {
             let got = compare(&records, &key);
             assert_eq!(got, expected, "{records:?}");
             assert!(got.is_problem());
+        }
+    }
+
+    /// DNS answered from a table: what each name returns, and how many questions came.
+    struct Table {
+        answers: std::collections::HashMap<String, Result<TxtRecords, LookupError>>,
+        asked: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl TxtLookup for Table {
+        async fn txt(&self, name: &str) -> Result<TxtRecords, LookupError> {
+            self.asked.lock().unwrap().push(name.to_string());
+            self.answers.get(name).cloned().unwrap_or(Ok(vec![]))
+        }
+        fn asked(&self) -> String {
+            "the test table".into()
+        }
+    }
+
+    use crate::dns::TxtRecords;
+    use crate::keys::generate::write_key_files;
+
+    /// A runtime over `table`, with keys generated for `(domain, selector, kind)`; returns
+    /// the public record of each.
+    fn runtime(
+        dir: &std::path::Path,
+        keys: &[(&str, &str, KeyKind)],
+        table: &str,
+    ) -> (Runtime, std::collections::HashMap<String, String>) {
+        let mut records = std::collections::HashMap::new();
+        for (domain, selector, kind) in keys {
+            let generated = generate(*kind).unwrap();
+            write_key_files(&dir.join("keys"), domain, selector, &generated).unwrap();
+            records.insert(
+                format!("{selector}._domainkey.{domain}"),
+                generated.key.dns_record(),
+            );
+        }
+        let text = format!(
+            "[keys]\ndirectory = \"{}\"\n{table}",
+            dir.join("keys").display()
+        );
+        let config = crate::config::Config::parse(&text, &dir.join("t.toml")).unwrap();
+        (Runtime::new(config), records)
+    }
+
+    fn statuses(published: &[PublishedKey]) -> Vec<(String, String)> {
+        published
+            .iter()
+            .map(|p| (p.name(), p.status.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_planned_key_is_compared_with_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runtime, records) = runtime(
+            dir.path(),
+            &[
+                ("example.com", "rsa1", KeyKind::Rsa2048),
+                ("example.com", "ed1", KeyKind::Ed25519),
+                ("example.org", "rsa1", KeyKind::Rsa2048),
+                ("example.org", "ed1", KeyKind::Ed25519),
+                ("old.example", "s1", KeyKind::Ed25519),
+                ("bad.example", "s1", KeyKind::Ed25519),
+                ("twice.example", "s1", KeyKind::Ed25519),
+                ("fail.example", "s1", KeyKind::Ed25519),
+                ("esp.example", "esp1", KeyKind::Ed25519),
+            ],
+            r#"
+            [base]
+            additional_signatures = ["esp"]
+            [domain."example.com"]
+            selector = "rsa1"
+            additional_signatures = ["ed"]
+            [domain."example.org"]
+            selector = "rsa1"
+            additional_signatures = ["ed"]
+            [domain."old.example"]
+            selector = "s1"
+            [domain."bad.example"]
+            selector = "s1"
+            [domain."twice.example"]
+            selector = "s1"
+            [domain."fail.example"]
+            selector = "s1"
+            [domain."nokey.example"]
+            selector = "s1"
+            [domain."*.wild.example"]
+            selector = "w1"
+            [signature."ed"]
+            domain = "{domain}"
+            selector = "ed1"
+            [signature."esp"]
+            domain = "esp.example"
+            selector = "esp1"
+            "#,
+        );
+        let split_record = |name: &str| split(&records[name]);
+        let mut answers = std::collections::HashMap::new();
+        for name in [
+            "rsa1._domainkey.example.com",
+            "ed1._domainkey.example.com",
+            "rsa1._domainkey.example.org",
+            "esp1._domainkey.esp.example",
+        ] {
+            answers.insert(name.to_string(), Ok(split_record(name)));
+        }
+        // example.org's Ed25519 record was never published.
+        let stale = generate(KeyKind::Ed25519).unwrap().key.dns_record();
+        answers.insert("s1._domainkey.old.example".into(), Ok(record(&stale)));
+        answers.insert(
+            "s1._domainkey.bad.example".into(),
+            Ok(record("v=DKIM1; k=ed25519; p=not base64!")),
+        );
+        let twice = split_record("s1._domainkey.twice.example");
+        answers.insert(
+            "s1._domainkey.twice.example".into(),
+            Ok([twice.clone(), twice].concat()),
+        );
+        answers.insert(
+            "s1._domainkey.fail.example".into(),
+            Err(LookupError::Failed("SERVFAIL".into())),
+        );
+        let dns = Table {
+            answers,
+            asked: Default::default(),
+        };
+        let published = check_published_keys(&runtime, &dns).await;
+        let got = statuses(&published);
+        let want = [
+            (
+                "s1._domainkey.bad.example",
+                "MALFORMED: p= is not valid base64",
+            ),
+            ("esp1._domainkey.esp.example", "ok"),
+            ("ed1._domainkey.example.com", "ok"),
+            ("rsa1._domainkey.example.com", "ok (TXT in 2 strings)"),
+            ("ed1._domainkey.example.org", "MISSING: no TXT record"),
+            ("rsa1._domainkey.example.org", "ok (TXT in 2 strings)"),
+            ("s1._domainkey.fail.example", "LOOKUP FAILED: SERVFAIL"),
+            ("s1._domainkey.nokey.example", "NO KEY to compare: key file"),
+            (
+                "s1._domainkey.old.example",
+                "MISMATCH: the published key is not the public half of the signing key",
+            ),
+            ("s1._domainkey.twice.example", "AMBIGUOUS: 2 TXT records"),
+            (
+                "w1._domainkey.*.wild.example",
+                "not checked: signs as each message's author domain",
+            ),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for ((name, status), (want_name, want_status)) in got.iter().zip(want) {
+            assert_eq!(name, want_name, "{got:#?}");
+            assert!(status.starts_with(want_status), "{name}: {status}");
+        }
+        let fixable: Vec<&str> = published
+            .iter()
+            .filter(|p| p.key.is_some() && p.status.wants_record())
+            .map(|p| p.domain.as_str())
+            .collect();
+        assert_eq!(
+            fixable,
+            ["bad.example", "example.org", "old.example", "twice.example"]
+        );
+        // No question for the key that could not be loaded, nor for the wildcard.
+        let asked = dns.asked.lock().unwrap();
+        assert_eq!(asked.len(), 9, "{asked:?}");
+        assert!(!asked.iter().any(|n| n.contains("nokey") || n.contains('*')));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_answer_is_asked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<(String, &str, KeyKind)> = (0..5)
+            .map(|i| (format!("d{i}.example"), "s1", KeyKind::Ed25519))
+            .collect();
+        let keys: Vec<(&str, &str, KeyKind)> =
+            keys.iter().map(|(d, s, k)| (d.as_str(), *s, *k)).collect();
+        let table: String = keys
+            .iter()
+            .map(|(d, _, _)| format!("[domain.\"{d}\"]\nselector = \"s1\"\n"))
+            .collect();
+        let (runtime, _) = runtime(dir.path(), &keys, &table);
+        let dead = Table {
+            answers: keys
+                .iter()
+                .map(|(d, _, _)| {
+                    (
+                        format!("s1._domainkey.{d}"),
+                        Err(LookupError::NoAnswer("no answer within 6 s".into())),
+                    )
+                })
+                .collect(),
+            asked: Default::default(),
+        };
+        let got = statuses(&check_published_keys(&runtime, &dead).await);
+        assert_eq!(dead.asked.lock().unwrap().len(), 1);
+        assert_eq!(got[0].1, "LOOKUP FAILED: no answer within 6 s");
+        for (name, status) in &got[1..] {
+            assert_eq!(
+                status, "NOT LOOKED UP: the test table did not answer",
+                "{name}"
+            );
         }
     }
 }

@@ -7,7 +7,9 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod dns_check;
+pub mod inventory;
 pub mod keys;
 pub mod logging;
 pub mod manpage;
@@ -22,3 +24,4 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod sign;
+pub mod verify;

@@ -5,7 +5,7 @@
 //! each line starts with its syslog priority (`<3>` error … `<7>` debug), which journald turns
 //! into the entry's priority (`journalctl -p warning` works) and strips from the text.
 
-use crate::config::{LogFormat, LogSettings};
+use crate::config::{LogFormat, LogLevel, LogSettings};
 use std::os::fd::AsFd as _;
 use std::os::unix::fs::MetadataExt as _;
 use tracing::{Event, Level, Subscriber};
@@ -16,13 +16,19 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs the global subscriber. `SIGNET_LOG` overrides the configured level.
+/// Installs the global subscriber. `SIGNET_LOG` overrides the configured level; a value that
+/// is not a level is ignored with a warning (taken as a filter, it would silence every line).
 pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_env("SIGNET_LOG").unwrap_or_else(|_| {
-        // The Vault client logs every failed request itself; our own line says more, once.
-        EnvFilter::try_new(format!("{},vaultrs=off,rustify=off", settings.level))
-            .unwrap_or_else(|_| EnvFilter::new("info"))
-    });
+    let from_env = std::env::var("SIGNET_LOG")
+        .ok()
+        .map(|v| LogLevel::parse(&v));
+    let level = match &from_env {
+        Some(Ok(level)) => level,
+        _ => &settings.level,
+    };
+    // The Vault client logs every failed request itself; our own line says more, once.
+    let filter = EnvFilter::try_new(format!("{level},vaultrs=off,rustify=off"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let journal = stderr_is_journal();
     // Colours only for a person at a terminal, never into the journal or a log file.
     let ansi = !journal
@@ -32,6 +38,12 @@ pub fn init(settings: &LogSettings) {
         .with(filter)
         .with(output(settings.format, journal, ansi))
         .init();
+    if let Some(Err(e)) = from_env {
+        tracing::warn!(
+            "SIGNET_LOG ignored, using [log] level = \"{}\": {e}",
+            settings.level
+        );
+    }
 }
 
 type BoxedLayer<S> = Box<dyn Layer<S> + Send + Sync>;

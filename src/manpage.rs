@@ -40,13 +40,15 @@ The default milter socket.
 .SH ENVIRONMENT
 .TP
 .B SIGNET_LOG
-A log filter that overrides \fB[log] level\fR, e.g. \fBdebug\fR.
+A log level or filter that overrides \fB[log] level\fR, e.g. \fBdebug\fR; a value that is no
+level is ignored with a warning.
 .TP
 .B NO_COLOR
 No colours in log output at a terminal.
 .SH EXIT STATUS
 0 on success (also after \fBSIGTERM\fR), 1 on any error; \fBcheck\fR exits 1 when any key, or
-with \fB\-\-dns\fR any published record, is not right.
+with \fB\-\-dns\fR any published record, is not right; \fBverify\fR exits 1 unless the message
+has a signature and every one (of \fB\-\-domain\fR, if given) passes.
 .SH SEE ALSO
 \fBsignet-milter.toml\fR(5), \fBpostconf\fR(5) (\fBsmtpd_milters\fR), \fBsystemctl\fR(1)
 "#;

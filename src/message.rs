@@ -48,6 +48,18 @@ impl<'a> RawMessage<'a> {
     }
 }
 
+/// `bytes` with every bare LF made CRLF, as a message travels over SMTP and as DKIM signs it.
+pub fn to_crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,21 +181,34 @@ pub fn plan(table: &SigningTable, author: Result<&str, &NoAuthor>) -> Plan {
             });
         }
     };
-    let matched = author.ok().and_then(|a| table.lookup(a));
-    if let Some((entry, _)) = matched {
-        add(entry);
-        entry.additional.iter().for_each(&mut add);
-    }
-    for extra in table.additional() {
-        let applies = match extra.policy {
-            SignaturePolicy::Always => true,
-            SignaturePolicy::OnlyIfMissingDomainBlock => matched.is_none(),
-        };
-        if applies {
-            add(extra);
-        }
-    }
+    let matched = author
+        .ok()
+        .and_then(|a| table.lookup(a))
+        .map(|(entry, _)| entry);
+    signatures_for(table, matched).for_each(&mut add);
     Plan { signatures }
+}
+
+/// The signatures a message gets when its author domain matched `entry` (`None`: no entry
+/// matched, or the message has no author): the entry and the extra signatures it lists, then
+/// `[base]`'s `additional_signatures` by their policy. [`plan`] and the key inventory
+/// ([`crate::inventory`]) both ask this, so `check` sees exactly what messages get.
+pub fn signatures_for<'a>(
+    table: &'a SigningTable,
+    entry: Option<&'a Arc<SignerTemplate>>,
+) -> impl Iterator<Item = &'a Arc<SignerTemplate>> {
+    let own = entry
+        .into_iter()
+        .flat_map(|entry| std::iter::once(entry).chain(&entry.additional));
+    let matched = entry.is_some();
+    let base = table
+        .additional()
+        .iter()
+        .filter(move |extra| match extra.policy {
+            SignaturePolicy::Always => true,
+            SignaturePolicy::OnlyIfMissingDomainBlock => !matched,
+        });
+    own.chain(base)
 }
 
 #[cfg(test)]

@@ -27,10 +27,11 @@ pub enum ServerError {
     NotASocket(PathBuf),
     #[error("unknown group \"{0}\" for socket_group")]
     UnknownGroup(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: io::Error },
-    #[error("cannot set up socket {}: {source}", path.display())]
-    Socket { path: PathBuf, source: io::Error },
+    // `error`, not `source`: the reason is in the message, and a `source` would print it twice.
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: String, error: io::Error },
+    #[error("cannot set up socket {}: {error}", path.display())]
+    Socket { path: PathBuf, error: io::Error },
 }
 
 /// TCP with Nagle off: the replies at the end of a message are several small writes, and with
@@ -72,9 +73,9 @@ pub async fn bind(settings: &MilterSettings) -> Result<BoundListener, ServerErro
         ListenAddr::Inet(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServerError::Bind {
+                .map_err(|error| ServerError::Bind {
                     addr: settings.listen.to_string(),
-                    source,
+                    error,
                 })?;
             Ok(BoundListener {
                 listener: EitherListener::Tcp(NoDelay(listener)),
@@ -87,13 +88,13 @@ pub async fn bind(settings: &MilterSettings) -> Result<BoundListener, ServerErro
 
 fn bind_unix(path: &Path, settings: &MilterSettings) -> Result<BoundListener, ServerError> {
     remove_stale_socket(path)?;
-    let socket_err = |source| ServerError::Socket {
+    let socket_err = |error| ServerError::Socket {
         path: path.to_owned(),
-        source,
+        error,
     };
-    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+    let listener = UnixListener::bind(path).map_err(|error| ServerError::Bind {
         addr: settings.listen.to_string(),
-        source,
+        error,
     })?;
     // From here on the file is ours: the guard removes it if setting it up fails.
     let socket = SocketFile {
@@ -116,18 +117,18 @@ fn bind_unix(path: &Path, settings: &MilterSettings) -> Result<BoundListener, Se
 fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ServerError::Socket {
+        Err(error) => Err(ServerError::Socket {
             path: path.to_owned(),
-            source,
+            error,
         }),
         Ok(meta) if !meta.file_type().is_socket() => Err(ServerError::NotASocket(path.to_owned())),
         Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => Err(ServerError::SocketInUse(path.to_owned())),
             Err(_) => {
                 warn!(socket = %path.display(), "removing stale socket");
-                std::fs::remove_file(path).map_err(|source| ServerError::Socket {
+                std::fs::remove_file(path).map_err(|error| ServerError::Socket {
                     path: path.to_owned(),
-                    source,
+                    error,
                 })
             }
         },

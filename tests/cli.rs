@@ -2,21 +2,12 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 fn signet(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_signet-milter"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
+    common::run_signet(args, stdin)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -170,5 +161,85 @@ fn a_bad_config_names_file_line_and_reason() {
             )),
             "{cmd}: {err}"
         );
+    }
+}
+
+/// The README's dual-signing shape: the Ed25519 `[signature]` signs as each domain with that
+/// domain's own key file. A domain whose Ed25519 key is missing fails `check`, named with its
+/// signature and path, although its RSA key is fine.
+#[test]
+fn check_expands_every_domain_with_each_of_its_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!(
+        "{DUAL}\n[domain.\"example.org\"]\nselector = \"rsa1\"\nadditional_signatures = [\"ed\"]\n"
+    );
+    let config = setup(dir.path(), &table);
+    let keys = dir.path().join("keys");
+    // example.org gets the RSA key but no Ed25519 key.
+    let out = signet(
+        &[
+            "keygen",
+            "--algo",
+            "rsa2048",
+            "--domain",
+            "example.org",
+            "--selector",
+            "rsa1",
+            "--out",
+            keys.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = signet(&["check", "-c", &config], b"");
+    let table = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    let missing = keys.join("example.org/ed1.key");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("example.org ") && l.contains(" ed1 "))
+        .unwrap_or_else(|| panic!("no example.org/ed1 row:\n{table}"));
+    assert!(row.contains("[signature.\"ed\"]"), "{row}");
+    assert!(
+        row.contains(&format!(
+            "ERROR: key file {}: does not exist",
+            missing.display()
+        )),
+        "{row}"
+    );
+    for fine in ["example.com  rsa1", "example.com  ed1", "example.org  rsa1"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(fine))
+            .unwrap_or_else(|| panic!("no {fine} row:\n{table}"));
+        assert!(row.ends_with("  ok"), "{row}");
+    }
+    assert!(table.contains("1 of 4 keys not usable"), "{table}");
+}
+
+/// `check --records` prints the zone line of every key, the one keygen printed when it made it.
+#[test]
+fn check_records_prints_what_to_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), DUAL);
+    let out = signet(&["check", "-c", &config, "--records"], b"");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let records: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| *l != "DNS records to publish:")
+        .skip(1)
+        .collect();
+    assert_eq!(records.len(), 2, "{stdout}");
+    for selector in ["rsa1", "ed1"] {
+        let value =
+            std::fs::read_to_string(dir.path().join(format!("keys/example.com/{selector}.dns")))
+                .unwrap();
+        let line = records
+            .iter()
+            .find(|l| l.starts_with(&format!("{selector}._domainkey.example.com. IN TXT (")))
+            .unwrap_or_else(|| panic!("no record for {selector}:\n{stdout}"));
+        let joined: String = line.split('"').skip(1).step_by(2).collect();
+        assert_eq!(joined, value.trim(), "{line}");
     }
 }

@@ -13,6 +13,15 @@ use std::time::{Duration, Instant};
 /// returns what it wrote to stderr (a file). `journal`: set JOURNAL_STREAM to that file (true)
 /// or to some other file (false); `None`: leave it unset.
 fn run_and_collect_stderr(log_section: &str, journal: Option<bool>) -> Vec<String> {
+    run_with_signet_log(log_section, journal, None)
+}
+
+/// [`run_and_collect_stderr`], with `SIGNET_LOG` set to `signet_log`.
+fn run_with_signet_log(
+    log_section: &str,
+    journal: Option<bool>,
+    signet_log: Option<&str>,
+) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     write_key_files(
@@ -42,6 +51,9 @@ fn run_and_collect_stderr(log_section: &str, journal: Option<bool>) -> Vec<Strin
         .env_remove("JOURNAL_STREAM")
         .env_remove("SIGNET_LOG")
         .stderr(Stdio::from(stderr.try_clone().unwrap()));
+    if let Some(value) = signet_log {
+        cmd.env("SIGNET_LOG", value);
+    }
     match journal {
         Some(true) => {
             cmd.env("JOURNAL_STREAM", dev_ino(&stderr_path));
@@ -148,5 +160,23 @@ fn the_level_is_configurable() {
     assert!(
         lines.iter().all(|l| !l.contains("INFO")),
         "no info lines at level warn: {lines:#?}"
+    );
+}
+
+/// A typo in SIGNET_LOG would be read as a filter for a module of that name and silence every
+/// line: it is ignored, with a warning, and the configured level applies.
+#[test]
+fn a_signet_log_that_is_no_level_is_ignored_with_a_warning() {
+    let lines = run_with_signet_log("[log]\nlevel = \"info\"", None, Some("verbose"));
+    let warning = line_with(&lines, "SIGNET_LOG ignored");
+    assert!(
+        warning.contains("\"verbose\" is not a log level"),
+        "{warning}"
+    );
+    line_with(&lines, "signet-milter listening");
+    let lines = run_with_signet_log("[log]\nlevel = \"info\"", None, Some("warn"));
+    assert!(
+        lines.iter().all(|l| !l.contains("INFO")),
+        "SIGNET_LOG=warn wins over the file: {lines:#?}"
     );
 }

@@ -24,6 +24,7 @@ fn man_writes_a_page_per_command_from_the_cli_definition() {
             "signet-milter-keygen.8",
             "signet-milter-run.8",
             "signet-milter-sign.8",
+            "signet-milter-verify.8",
             "signet-milter.8",
         ],
         "the hidden man command gets no page"

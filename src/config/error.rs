@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 /// compilers and editors expect it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read: {source}", path.display())]
+    /// The reason is part of the message and not a separate `source`, so that it is printed
+    /// once, also where the whole chain of causes is shown.
+    #[error("{}: cannot read: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{location}: {message}")]
     Invalid { location: Location, message: String },
@@ -56,4 +58,26 @@ fn floor_char_boundary(text: &str, mut index: usize) -> usize {
         index -= 1;
     }
     index
+}
+
+/// The TOML parser's message, with how to fix the mistakes people make most. `value` is the
+/// text at the error's position.
+pub(crate) fn with_hint(message: &str, value: Option<&str>) -> String {
+    let message = message.trim_end();
+    let hint = if message.contains("leading zero") {
+        Some("TOML numbers cannot start with 0: write octal modes in quotes, e.g. socket_mode = \"0660\"".to_string())
+    } else {
+        value
+            .filter(|v| message.starts_with("invalid") && is_bare_word(v))
+            .map(|word| format!("text values are quoted in TOML: write \"{word}\""))
+    };
+    match hint {
+        Some(hint) => format!("{message} ({hint})"),
+        None => message.to_string(),
+    }
+}
+
+/// `info`, `Relaxed`: a word where TOML wants a quoted string (`true`/`false` are booleans).
+fn is_bare_word(value: &str) -> bool {
+    value.starts_with(|c: char| c.is_ascii_alphabetic()) && value != "true" && value != "false"
 }

@@ -20,13 +20,45 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// KV secrets engine version of a Vault mount.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+/// KV secrets engine version of a Vault mount: `kv_version = 2` (the default) or `1`, the same
+/// in `[vault]` and in a key source. A quoted `"2"` is accepted too: it was once the only
+/// spelling that loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KvVersion {
-    #[serde(rename = "1", alias = "v1")]
     V1,
-    #[serde(rename = "2", alias = "v2")]
     V2,
+}
+
+impl<'de> Deserialize<'de> for KvVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Version;
+
+        const EXPECTED: &str =
+            "kv_version must be 1 or 2 (the version of the KV secrets engine mount)";
+
+        impl serde::de::Visitor<'_> for Version {
+            type Value = KvVersion;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("1 or 2")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<KvVersion, E> {
+                match v {
+                    1 => Ok(KvVersion::V1),
+                    2 => Ok(KvVersion::V2),
+                    _ => Err(E::custom(format!("{EXPECTED}, not {v}"))),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KvVersion, E> {
+                match v.trim() {
+                    "1" | "v1" => Ok(KvVersion::V1),
+                    "2" | "v2" => Ok(KvVersion::V2),
+                    _ => Err(E::custom(format!("{EXPECTED}, not \"{v}\""))),
+                }
+            }
+        }
+
+        d.deserialize_any(Version)
+    }
 }
 
 /// Inline key bytes; never printed, wiped when dropped.

@@ -19,7 +19,7 @@ pub use signing::{
 };
 pub use template::Template;
 pub use values::{
-    Algo, Canon, ListenAddr, OnError, SignaturePolicy, SocketMode, validate_http_url,
+    Algo, Canon, ListenAddr, LogLevel, OnError, SignaturePolicy, SocketMode, validate_http_url,
 };
 
 use ipnet::IpNet;
@@ -70,7 +70,10 @@ pub struct MilterSettings {
     /// Group of the unix socket (e.g. `postfix`), so that the MTA can connect without being root.
     pub socket_group: Option<String>,
     /// Clients whose mail is signed (an open signer is a forgery service: keep this tight).
-    #[serde(default = "default_trusted_networks")]
+    #[serde(
+        default = "default_trusted_networks",
+        deserialize_with = "values::networks"
+    )]
     pub trusted_networks: Vec<IpNet>,
     /// Sign mail of SMTP-authenticated senders (`{auth_authen}` / `{auth_type}` set by the MTA).
     #[serde(default = "yes")]
@@ -83,7 +86,10 @@ pub struct MilterSettings {
     pub on_error: OnError,
     /// Concurrent MTA connections served; more wait in the accept backlog. At least the number
     /// of Postfix smtpd + cleanup processes that use the milter.
-    #[serde(default = "default_max_connections")]
+    #[serde(
+        default = "default_max_connections",
+        deserialize_with = "values::at_least_one"
+    )]
     pub max_connections: usize,
     /// At SIGTERM/SIGINT: how long messages already under way may take to finish before the
     /// remaining connections are closed (the MTA then applies its milter_default_action).
@@ -111,7 +117,10 @@ pub struct KeySettings {
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
     /// Resolved keys kept at most (one per distinct source: domain, selector and backend).
-    #[serde(default = "default_cache_capacity")]
+    #[serde(
+        default = "default_cache_capacity",
+        deserialize_with = "values::at_least_one"
+    )]
     pub capacity: u64,
     /// How long a key fetched from Vault or a callback is used before it is fetched again.
     /// File keys are instead re-read when the file changes; inline keys never expire.
@@ -146,24 +155,34 @@ pub struct MetricsSettings {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
-    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `signet_milter=debug`.
-    #[serde(default = "default_log_level")]
-    pub level: String,
+    /// `error`, `warn`, `info`, `debug`, `trace`, `off`, or a tracing filter such as
+    /// `info,signet_milter=debug`.
+    #[serde(default)]
+    pub level: LogLevel,
     /// `text` (the default) or `json`: one JSON object per line.
     #[serde(default)]
     pub format: LogFormat,
 }
 
 /// `[log] format`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        values::keyword(
+            d,
+            "a log format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )
+    }
 }
 
 /// `[vault]`: defaults for every Vault key source.
@@ -205,7 +224,7 @@ struct RawConfig {
     cache: Option<CacheSettings>,
     log: Option<LogSettings>,
     metrics: Option<MetricsSettings>,
-    vault: Option<VaultSettings>,
+    vault: Option<toml::Spanned<VaultSettings>>,
     #[serde(default)]
     callbacks: BTreeMap<String, toml::Spanned<CallbackSettings>>,
     base: Option<toml::Spanned<signing::RawBase>>,
@@ -227,9 +246,9 @@ impl Config {
         path: &Path,
         registered: &BTreeSet<String>,
     ) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse_with_callbacks(&text, path, registered)
     }
@@ -247,33 +266,30 @@ impl Config {
         let at = |span: Option<std::ops::Range<usize>>, message: String| {
             ConfigError::located(path, text, span, message)
         };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = error::with_hint(e.message(), e.span().map(|s| &text[s]));
+            at(e.span(), message)
+        })?;
 
         let milter = match raw.milter {
             Some(m) => m,
             None => toml::from_str("").map_err(|e| at(None, format!("{e}")))?,
         };
-        if milter.max_connections == 0 {
-            return Err(at(
-                None,
-                "[milter] max_connections must be at least 1".into(),
-            ));
-        }
         let keys = raw.keys.unwrap_or_else(|| KeySettings {
             directory: default_key_directory(),
             require_safe_permissions: true,
         });
-        let log = raw.log.unwrap_or_else(|| LogSettings {
-            level: default_log_level(),
-            format: LogFormat::default(),
-        });
+        let log = raw.log.unwrap_or_default();
         let cache = raw.cache.unwrap_or_default();
-        if cache.capacity == 0 {
-            return Err(at(None, "[cache] capacity must be at least 1".into()));
-        }
-        let vault = raw.vault.unwrap_or_default();
-        validate_vault(&vault).map_err(|e| at(None, format!("[vault] {e}")))?;
+        let vault = match raw.vault {
+            Some(spanned) => {
+                let span = spanned.span();
+                let vault = spanned.into_inner();
+                validate_vault(&vault).map_err(|e| at(Some(span), format!("[vault] {e}")))?;
+                vault
+            }
+            None => VaultSettings::default(),
+        };
 
         let mut callbacks = BTreeMap::new();
         for (name, spanned) in raw.callbacks {
@@ -407,9 +423,6 @@ fn default_shutdown_timeout() -> Duration {
 fn default_key_directory() -> PathBuf {
     DEFAULT_KEY_DIRECTORY.into()
 }
-fn default_log_level() -> String {
-    "info".into()
-}
 
 /// Durations as `"30s"`, `"5m"`, `"1h 30m"`, or a bare number of seconds.
 pub(crate) mod humantime_serde_compat {
@@ -453,3 +466,7 @@ pub(crate) mod humantime_serde_compat {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "strict_tests.rs"]
+mod strict_tests;

@@ -240,6 +240,24 @@ impl SigningTable {
         &self.additional
     }
 
+    /// `(domain, entry)` of every exact `[domain]` entry, the domain in its canonical form
+    /// (lowercase, no trailing dot), in no particular order.
+    pub fn exact_entries(&self) -> impl Iterator<Item = (&str, &Arc<SignerTemplate>)> {
+        self.exact.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// `(pattern, entry)` of every wildcard entry (`*.example.net`) and of the catch-all `*`:
+    /// the entries whose signing domain is only known per message.
+    pub fn pattern_entries(&self) -> impl Iterator<Item = (String, &Arc<SignerTemplate>)> {
+        let wildcards = self.wildcard.iter().map(|(k, v)| (format!("*.{k}"), v));
+        wildcards.chain(self.catch_all.iter().map(|v| ("*".to_string(), v)))
+    }
+
+    /// Whether `"*"` is configured, so that every author domain matches some entry.
+    pub fn has_catch_all(&self) -> bool {
+        self.catch_all.is_some()
+    }
+
     /// `(table name, entry)` of every `[domain]` entry.
     pub fn domain_entries(&self) -> impl Iterator<Item = (&str, &Arc<SignerTemplate>)> {
         self.domains.iter().map(|(k, v)| (k.as_str(), v))

@@ -299,7 +299,7 @@ fn errors_name_line_and_reason() {
         (
             "[domain.\"a.example\"]\nselector = \"s\"\nalgo = \"md5\"\n",
             3,
-            "unknown variant `md5`",
+            "\"md5\" is not an algorithm",
         ),
         (
             "[domain.\"a.example\"]\nselector = \"s\"\nheaders = [\"Subject\"]\n",
@@ -350,7 +350,7 @@ fn errors_name_line_and_reason() {
         (
             "[milter]\ntrusted_networks = [\"10.0.0.0/33\"]\n",
             2,
-            "invalid",
+            "\"10.0.0.0/33\" is not a network",
         ),
         (
             "[domain.\"a.example\"]\nselector = \"s\"\nexpiration = \"soon\"\n",

@@ -3,26 +3,22 @@
 //! dkimpy through `tests/verify_dkim.py`).
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod fake_vault;
 pub mod openbao;
 
 use arc_swap::ArcSwap;
 use indymilter::{Actions, MacroStage, ProtoOpts};
 use indymilter_test::{EomAction, Status, TestConnection};
-use mail_auth::dkim::DomainKey;
-use mail_auth::dns::{DnsCache, NoCache, ResolverCache, TxtRecord, TxtRecordParser as _};
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters};
 use signet_milter::config::Config;
 use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
 use signet_milter::runtime::Runtime;
 use signet_milter::server;
-use std::borrow::Borrow;
-use std::collections::HashMap;
-use std::hash::Hash;
+use signet_milter::verify::KeyTable;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -231,80 +227,23 @@ pub async fn send(
     }
 }
 
+/// Runs the signet-milter binary with `args`, `stdin` on its standard input.
+pub fn run_signet(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_signet-milter"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 pub fn loopback() -> IpAddr {
     "127.0.0.1".parse().unwrap()
-}
-
-/// In-memory DNS for mail-auth's verifier: only the TXT records we publish.
-#[derive(Default)]
-pub struct KeyTable(Mutex<HashMap<Box<str>, TxtRecord>>);
-
-impl ResolverCache<Box<str>, TxtRecord> for KeyTable {
-    fn get<Q>(&self, name: &Q) -> Option<TxtRecord>
-    where
-        Box<str>: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.0.lock().unwrap().get(name).cloned()
-    }
-    fn remove<Q>(&self, name: &Q) -> Option<TxtRecord>
-    where
-        Box<str>: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.0.lock().unwrap().remove(name)
-    }
-    fn insert(&self, key: Box<str>, value: TxtRecord, _: Instant) {
-        self.0.lock().unwrap().insert(key, value);
-    }
-}
-
-impl DnsCache for KeyTable {
-    type Txt = KeyTable;
-    type Mx = NoCache;
-    type Ipv4 = NoCache;
-    type Ipv6 = NoCache;
-    type Ptr = NoCache;
-    fn txt(&self) -> Option<&KeyTable> {
-        Some(self)
-    }
-    fn mx(&self) -> Option<&NoCache> {
-        None
-    }
-    fn ipv4(&self) -> Option<&NoCache> {
-        None
-    }
-    fn ipv6(&self) -> Option<&NoCache> {
-        None
-    }
-    fn ptr(&self) -> Option<&NoCache> {
-        None
-    }
-}
-
-impl KeyTable {
-    /// Every `DIR/domain/selector.dns` written by keygen.
-    pub fn from_dir(dir: &Path) -> Self {
-        let table = KeyTable::default();
-        for domain in std::fs::read_dir(dir).unwrap() {
-            let domain = domain.unwrap();
-            for file in std::fs::read_dir(domain.path()).unwrap() {
-                let path = file.unwrap().path();
-                if path.extension().is_some_and(|e| e == "dns") {
-                    let selector = path.file_stem().unwrap().to_string_lossy().into_owned();
-                    let name = format!(
-                        "{selector}._domainkey.{}.",
-                        domain.file_name().to_string_lossy()
-                    );
-                    let record =
-                        DomainKey::parse(std::fs::read_to_string(&path).unwrap().trim().as_bytes())
-                            .unwrap();
-                    table.insert(name.into(), record.into(), Instant::now());
-                }
-            }
-        }
-        table
-    }
 }
 
 /// A new key whose public half is published in `keys_dir` (for the verifiers) and whose
@@ -319,7 +258,7 @@ pub fn remote_key(keys_dir: &Path, domain: &str, selector: &str, kind: KeyKind) 
 
 /// mail-auth's verdict for every signature: `(d, s, passed)`.
 pub async fn verify_mail_auth(raw: &[u8], keys: &Path) -> Vec<(String, String, bool)> {
-    let table = KeyTable::from_dir(keys);
+    let table = KeyTable::from_dir(keys).expect("the test's key records");
     let auth = MessageAuthenticator::new(
         mail_auth::hickory_resolver::config::ResolverConfig::default(),
         mail_auth::hickory_resolver::config::ResolverOpts::default(),
