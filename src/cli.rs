@@ -312,7 +312,9 @@ fn sign(
     for (name, value) in &message.headers {
         session.add_header(name, value);
     }
-    let decision = runtime_builder()?.block_on(session.end_of_headers());
+    // One async runtime for the whole message: a remote key's requests may leave tasks running.
+    let tokio = runtime_builder()?;
+    let decision = tokio.block_on(session.end_of_headers());
     match decision {
         HeadersDecision::Sign => {}
         HeadersDecision::Skip(reason) => {
@@ -325,7 +327,7 @@ fn sign(
     for chunk in message.body.chunks(64 * 1024) {
         session.body_chunk(chunk);
     }
-    let outcome = session.finish();
+    let outcome = tokio.block_on(session.finish());
     if let Some(failure) = outcome.refusal {
         bail!("not signed: {failure}");
     }

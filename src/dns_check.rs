@@ -4,7 +4,7 @@
 //! left in DNS after a rotation, a record mangled by a DNS provider.
 
 use crate::config::{Algo, SignatureLabel, SignerTemplate, SigningDomain, SigningTable};
-use crate::keys::parse::PrivateKey;
+use crate::keys::SigningKey;
 use crate::policy::{self, NoAuthor};
 use crate::runtime::Runtime;
 use base64::Engine as _;
@@ -29,7 +29,7 @@ pub struct PublishedKey {
     pub entry: String,
     pub status: Published,
     /// The key we sign with, when it could be loaded (for the record to publish).
-    pub key: Option<Arc<PrivateKey>>,
+    pub key: Option<Arc<SigningKey>>,
 }
 
 impl PublishedKey {
@@ -238,7 +238,7 @@ async fn lookup(
     resolver: &TokioResolver,
     domain: &str,
     selector: &str,
-    key: &PrivateKey,
+    key: &SigningKey,
 ) -> Published {
     let name = format!("{selector}._domainkey.{domain}.");
     let records: Vec<Vec<Vec<u8>>> = match resolver.txt_lookup(name.as_str()).await {
@@ -257,7 +257,7 @@ async fn lookup(
 }
 
 /// Compares the TXT records found (each a list of strings) with our key.
-pub fn compare(records: &[Vec<Vec<u8>>], key: &PrivateKey) -> Published {
+pub fn compare(records: &[Vec<Vec<u8>>], key: &SigningKey) -> Published {
     let record = match records {
         [] => return Published::Missing,
         [one] => one,

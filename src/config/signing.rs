@@ -5,9 +5,9 @@
 //! differs from KumoMTA's helper on purpose, where a domain's `over_sign = false` cannot override
 //! `[base]`'s `true`.
 
-use super::values::{Algo, Canon, OnError, SignaturePolicy};
-use super::{ConfigError, KeySettings, Template};
 use super::keysource::{KeySource, VaultSource};
+use super::values::{Algo, Canon, OnError, SignaturePolicy};
+use super::{ConfigError, KeySettings, Pkcs11Settings, Template};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -255,11 +255,30 @@ impl SigningTable {
     }
 }
 
+/// What a PKCS#11 key source leaves unset that `[pkcs11]` does not set either.
+fn missing_pkcs11_setting(
+    source: &super::keysource::Pkcs11Source<Template>,
+    defaults: &Pkcs11Settings,
+) -> Option<&'static str> {
+    if source.module.is_none() && defaults.module.is_none() {
+        Some(
+            "pkcs11_module is set neither here nor as [pkcs11] module (e.g. \"/usr/lib/softhsm/libsofthsm2.so\")",
+        )
+    } else if source.token.is_none() && defaults.token.is_none() {
+        Some("pkcs11_token (the token's label) is set neither here nor as [pkcs11] token")
+    } else if source.pin_file.is_none() && defaults.pin_file.is_none() {
+        Some("pkcs11_pin_file is set neither here nor as [pkcs11] pin_file")
+    } else {
+        None
+    }
+}
+
 type At<'a> = &'a dyn Fn(Option<Range<usize>>, String) -> ConfigError;
 
 pub(super) fn build(
     raw: RawSigningTable,
     keys: &KeySettings,
+    pkcs11: &Pkcs11Settings,
     callbacks: &BTreeSet<String>,
     at: At<'_>,
 ) -> Result<SigningTable, ConfigError> {
@@ -289,6 +308,7 @@ pub(super) fn build(
     let base_params = base.params();
     let ctx = Context {
         keys,
+        pkcs11,
         callbacks,
         at,
         vault_mount: base.vault_mount.clone(),
@@ -417,6 +437,7 @@ pub(super) fn build(
 
 struct Context<'a> {
     keys: &'a KeySettings,
+    pkcs11: &'a Pkcs11Settings,
     callbacks: &'a BTreeSet<String>,
     at: At<'a>,
     vault_mount: Option<String>,
@@ -458,6 +479,11 @@ impl Context<'_> {
                 Some(span),
                 format!("{label} key event_name \"{name}\" has no [callbacks.\"{name}\"] section"),
             ));
+        }
+        if let Some(source) = key.pkcs11()
+            && let Some(missing) = missing_pkcs11_setting(source, self.pkcs11)
+        {
+            return Err(at(Some(span), format!("{label} key: {missing}")));
         }
         Ok(SignerTemplate {
             label,

@@ -1,0 +1,534 @@
+//! PKCS#11 keys (an HSM, a smart card, SoftHSM2): `key = { pkcs11_module?, pkcs11_token?,
+//! pkcs11_key, pkcs11_pin_file? }`, unset fields from `[pkcs11]`. The private key never leaves
+//! the token: the milter finds it by label, reads its public half, and for each message has the
+//! token sign the SHA-256 of the data to sign.
+//!
+//! - `rsa-sha256`: `CKM_RSA_PKCS` over the SHA-256 DigestInfo (the fixed 19-byte prefix and the
+//!   hash), so only the hash leaves the process; the result is RSASSA-PKCS1-v1_5 with SHA-256.
+//! - `ed25519-sha256` (RFC 8463): `CKM_EDDSA` without parameters (pure Ed25519, not Ed25519ph)
+//!   over the 32-byte hash, single-part `C_Sign`.
+//!
+//! A module is loaded and `C_Initialize`d once per process (PKCS#11 allows one initialization
+//! per application), and kept across reloads. Sessions are pooled per token, at most
+//! `[pkcs11] max_sessions`, each used by one signature at a time (a cryptoki `Session` is
+//! `Send`, not `Sync`); every call runs on tokio's blocking pool. When the token reports that
+//! a session, the login or the token itself is gone (unplugged, logged out, reinitialized), the
+//! pool is emptied and the signature is tried once more on a new session: the slot is found
+//! again by the token's label, logged in again with the PIN file read again, and the key found
+//! again by its label.
+
+use super::signing_key::{RemotePublicKey, SignError, SigningKey};
+use crate::config::keysource::Pkcs11Source;
+use crate::config::{Algo, Pkcs11Settings};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+use zeroize::Zeroizing;
+
+/// `[pkcs11] max_sessions` when unset.
+pub const DEFAULT_MAX_SESSIONS: usize = 4;
+
+/// DER of `DigestInfo { sha256, NULL }` up to the hash (RFC 8017 §9.2, note 1).
+const SHA256_DIGEST_INFO: [u8; 19] = [
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0x04, 0x20,
+];
+
+/// Why a PKCS#11 key cannot be used. Never contains the PIN.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Pkcs11Failure {
+    #[error("cannot load the PKCS#11 module {}: {reason}", path.display())]
+    Module { path: PathBuf, reason: String },
+    #[error("no token labelled \"{0}\" is present")]
+    NoToken(String),
+    #[error("PIN file {}: {reason}", path.display())]
+    PinFile { path: PathBuf, reason: String },
+    #[error("login to token \"{token}\" failed: {reason}")]
+    Login { token: String, reason: String },
+    #[error("token \"{token}\" has no private key labelled \"{key}\"")]
+    NoKey { token: String, key: String },
+    #[error("token \"{token}\" has {count} private keys labelled \"{key}\"; labels must be unique")]
+    SeveralKeys {
+        token: String,
+        key: String,
+        count: usize,
+    },
+    #[error("the key \"{0}\" is neither RSA nor Ed25519")]
+    WrongKeyType(String),
+    #[error("the public half of \"{key}\" cannot be read: {reason}")]
+    NoPublicKey { key: String, reason: String },
+    #[error("{0}")]
+    Token(String),
+}
+
+/// Loaded modules, by path: kept for the life of the process.
+static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Pkcs11>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The module at `path`, loaded and initialized once per process.
+pub fn module(path: &Path) -> Result<Arc<Pkcs11>, Pkcs11Failure> {
+    let mut modules = MODULES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(module) = modules.get(path) {
+        return Ok(module.clone());
+    }
+    let failed = |reason: String| Pkcs11Failure::Module {
+        path: path.to_owned(),
+        reason,
+    };
+    let context = Pkcs11::new(path).map_err(|e| failed(e.to_string()))?;
+    match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(failed(e.to_string())),
+    }
+    let context = Arc::new(context);
+    modules.insert(path.to_owned(), context.clone());
+    Ok(context)
+}
+
+/// The tokens of one configuration, by (module, label, PIN file).
+pub(crate) struct Pkcs11Pool {
+    settings: Pkcs11Settings,
+    tokens: Mutex<HashMap<(PathBuf, String, PathBuf), Arc<Token>>>,
+}
+
+impl Pkcs11Pool {
+    pub(crate) fn new(settings: &Pkcs11Settings) -> Self {
+        Pkcs11Pool {
+            settings: settings.clone(),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn token(&self, source: &Pkcs11Source<String>) -> Result<Arc<Token>, Pkcs11Failure> {
+        let missing = |what: &str| Pkcs11Failure::Token(format!("internal: no {what}"));
+        let module_path = source
+            .module
+            .clone()
+            .or_else(|| self.settings.module.clone())
+            .ok_or_else(|| missing("module"))?;
+        let label = source
+            .token
+            .clone()
+            .or_else(|| self.settings.token.clone())
+            .ok_or_else(|| missing("token"))?;
+        let pin_file = source
+            .pin_file
+            .clone()
+            .or_else(|| self.settings.pin_file.clone())
+            .ok_or_else(|| missing("pin_file"))?;
+        let key = (module_path, label, pin_file);
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(token) = tokens.get(&key) {
+            return Ok(token.clone());
+        }
+        let max = self
+            .settings
+            .max_sessions
+            .map_or(DEFAULT_MAX_SESSIONS, usize::from);
+        let token = Arc::new(Token {
+            module: module(&key.0)?,
+            label: key.1.clone(),
+            pin_file: key.2.clone(),
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+        });
+        tokens.insert(key, token.clone());
+        Ok(token)
+    }
+}
+
+/// One token as one logged-in user: a pool of sessions.
+struct Token {
+    module: Arc<Pkcs11>,
+    label: String,
+    pin_file: PathBuf,
+    idle: Mutex<Vec<Session>>,
+    /// One per session that may be open at once.
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Token {
+    /// Runs `operation` on a pooled session, off the async workers. On a token-level error the
+    /// pool is emptied and `operation` runs once more on a new session.
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        operation: impl Fn(&Session) -> Result<T, Pkcs11Failure> + Send + 'static,
+    ) -> Result<T, Pkcs11Failure> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Pkcs11Failure::Token("the session pool is closed".into()))?;
+        let token = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let session = token.session()?;
+            match operation(&session) {
+                Ok(value) => {
+                    token.give_back(session);
+                    Ok(value)
+                }
+                Err(Pkcs11Failure::Token(reason)) if is_gone(&reason) => {
+                    tracing::warn!(token = %token.label, error = %reason, "PKCS#11 session lost; opening a new one");
+                    drop(session);
+                    token.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    let session = token.session()?;
+                    let value = operation(&session)?;
+                    token.give_back(session);
+                    Ok(value)
+                }
+                Err(e) => {
+                    token.give_back(session);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|_| Pkcs11Failure::Token("the PKCS#11 task ended unexpectedly".into()))?
+    }
+
+    fn give_back(&self, session: Session) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(session);
+    }
+
+    /// A pooled session, or a new one: the slot found by label, logged in as the user.
+    fn session(&self) -> Result<Session, Pkcs11Failure> {
+        if let Some(session) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(session);
+        }
+        let slot = self
+            .module
+            .get_slots_with_token()
+            .map_err(token_error)?
+            .into_iter()
+            .find(|slot| {
+                self.module
+                    .get_token_info(*slot)
+                    .is_ok_and(|info| info.label().trim_end() == self.label)
+            })
+            .ok_or_else(|| Pkcs11Failure::NoToken(self.label.clone()))?;
+        let session = self.module.open_ro_session(slot).map_err(token_error)?;
+        let pin = read_pin(&self.pin_file)?;
+        match session.login(UserType::User, Some(&pin)) {
+            // Login is per application and token: another session may have done it.
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+            Err(e) => Err(Pkcs11Failure::Login {
+                token: self.label.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Errors after which a new session (and login, and key lookup) may succeed.
+fn is_gone(reason: &str) -> bool {
+    [
+        "SessionHandleInvalid",
+        "SessionClosed",
+        "UserNotLoggedIn",
+        "DeviceRemoved",
+        "TokenNotPresent",
+        "DeviceError",
+        "ObjectHandleInvalid",
+        "KeyHandleInvalid",
+        "SlotIdInvalid",
+        "TokenNotRecognized",
+        "CryptokiNotInitialized",
+    ]
+    .iter()
+    .any(|code| reason.contains(code))
+}
+
+fn token_error(e: CkError) -> Pkcs11Failure {
+    Pkcs11Failure::Token(e.to_string())
+}
+
+fn read_pin(path: &Path) -> Result<AuthPin, Pkcs11Failure> {
+    let failed = |reason: String| Pkcs11Failure::PinFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?);
+    let pin = text.trim();
+    if pin.is_empty() {
+        return Err(failed("is empty".into()));
+    }
+    Ok(AuthPin::from(pin))
+}
+
+/// The private key labelled `label`, and its kind.
+fn find_key(
+    session: &Session,
+    token: &str,
+    label: &str,
+) -> Result<(ObjectHandle, Algo), Pkcs11Failure> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(token_error)?;
+    let handle = match found.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(Pkcs11Failure::NoKey {
+                token: token.into(),
+                key: label.into(),
+            });
+        }
+        several => {
+            return Err(Pkcs11Failure::SeveralKeys {
+                token: token.into(),
+                key: label.into(),
+                count: several.len(),
+            });
+        }
+    };
+    let algo = match session
+        .get_attributes(handle, &[AttributeType::KeyType])
+        .map_err(token_error)?
+        .first()
+    {
+        Some(Attribute::KeyType(t)) if *t == KeyType::RSA => Algo::RsaSha256,
+        Some(Attribute::KeyType(t)) if *t == KeyType::EC_EDWARDS => Algo::Ed25519Sha256,
+        _ => return Err(Pkcs11Failure::WrongKeyType(label.into())),
+    };
+    Ok((handle, algo))
+}
+
+/// The public half: RSA's modulus and exponent are attributes of the private key too; an
+/// Ed25519 point is on the public key object of the same label.
+fn public_key(
+    session: &Session,
+    label: &str,
+    private: ObjectHandle,
+    algo: Algo,
+) -> Result<RemotePublicKey, Pkcs11Failure> {
+    let failed = |reason: String| Pkcs11Failure::NoPublicKey {
+        key: label.into(),
+        reason,
+    };
+    match algo {
+        Algo::RsaSha256 => {
+            let attributes = session
+                .get_attributes(
+                    private,
+                    &[AttributeType::Modulus, AttributeType::PublicExponent],
+                )
+                .map_err(|e| failed(e.to_string()))?;
+            let (mut n, mut e) = (None, None);
+            for attribute in attributes {
+                match attribute {
+                    Attribute::Modulus(v) => n = Some(v),
+                    Attribute::PublicExponent(v) => e = Some(v),
+                    _ => {}
+                }
+            }
+            let (Some(n), Some(e)) = (n, e) else {
+                return Err(failed("no modulus or public exponent".into()));
+            };
+            let spki = rsa_spki(&n, &e).map_err(failed)?;
+            RemotePublicKey::rsa_spki(&spki).map_err(failed)
+        }
+        Algo::Ed25519Sha256 => {
+            let public = session
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ])
+                .map_err(|e| failed(e.to_string()))?;
+            let handle = public
+                .first()
+                .ok_or_else(|| failed("no public key object with the same label".into()))?;
+            let point = session
+                .get_attributes(*handle, &[AttributeType::EcPoint])
+                .map_err(|e| failed(e.to_string()))?;
+            let Some(Attribute::EcPoint(point)) = point.into_iter().next() else {
+                return Err(failed("no CKA_EC_POINT".into()));
+            };
+            // PKCS#11 3.0 gives the point as a DER OCTET STRING; some modules give it raw.
+            let raw = match point.as_slice() {
+                [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
+                raw => raw,
+            };
+            RemotePublicKey::ed25519(raw).map_err(failed)
+        }
+    }
+}
+
+/// A DER SubjectPublicKeyInfo from an RSA modulus and exponent.
+fn rsa_spki(n: &[u8], e: &[u8]) -> Result<Vec<u8>, String> {
+    use aws_lc_rs::encoding::AsDer as _;
+    let components = aws_lc_rs::rsa::PublicKeyComponents { n, e };
+    let der: aws_lc_rs::encoding::PublicKeyX509Der<'static> = components
+        .as_der()
+        .map_err(|_| "cannot encode the RSA public key".to_string())?;
+    Ok(der.as_ref().to_vec())
+}
+
+/// Finds the key in its token and returns a key that signs there.
+pub(crate) async fn fetch(
+    pool: &Pkcs11Pool,
+    source: &Pkcs11Source<String>,
+) -> Result<SigningKey, Pkcs11Failure> {
+    let token = pool.token(source)?;
+    let label = source.key.clone();
+    let token_label = token.label.clone();
+    let (algo, public) = token
+        .run(move |session| {
+            let (handle, algo) = find_key(session, &token_label, &label)?;
+            Ok((algo, public_key(session, &label, handle, algo)?))
+        })
+        .await?;
+    debug_assert_eq!(public.algo, algo);
+    let key = Pkcs11Key {
+        origin: format!("pkcs11 token {} key {}", token.label, source.key),
+        token,
+        label: source.key.clone(),
+    };
+    Ok(SigningKey::pkcs11(key, public))
+}
+
+/// A handle to a key in a token: its label, found again in each session.
+pub struct Pkcs11Key {
+    token: Arc<Token>,
+    label: String,
+    origin: String,
+}
+
+impl Pkcs11Key {
+    pub async fn sign(&self, digest: [u8; 32], algo: Algo) -> Result<Vec<u8>, SignError> {
+        let label = self.label.clone();
+        let token_label = self.token.label.clone();
+        self.token
+            .run(move |session| {
+                let (handle, found) = find_key(session, &token_label, &label)?;
+                if found != algo {
+                    return Err(Pkcs11Failure::WrongKeyType(label.clone()));
+                }
+                let signed = match algo {
+                    Algo::RsaSha256 => {
+                        let mut input = SHA256_DIGEST_INFO.to_vec();
+                        input.extend_from_slice(&digest);
+                        session.sign(&Mechanism::RsaPkcs, handle, &input)
+                    }
+                    Algo::Ed25519Sha256 => session.sign(
+                        &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                        handle,
+                        &digest,
+                    ),
+                };
+                signed.map_err(token_error)
+            })
+            .await
+            .map_err(|failure| SignError::Remote {
+                origin: self.origin.clone(),
+                reason: failure.to_string(),
+            })
+    }
+}
+
+/// What `keygen --pkcs11-key` makes: a key pair generated in the token, never extractable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeneratedKind {
+    Rsa(u64),
+    Ed25519,
+}
+
+/// Generates a key pair labelled `label` in the token (refusing a label already in use) and
+/// returns its public half.
+pub(crate) async fn generate(
+    pool: &Pkcs11Pool,
+    source: &Pkcs11Source<String>,
+    kind: GeneratedKind,
+) -> Result<RemotePublicKey, Pkcs11Failure> {
+    let token = pool.token(source)?;
+    let label = source.key.clone();
+    let token_label = token.label.clone();
+    let module = token.module.clone();
+    let pin_file = token.pin_file.clone();
+    tokio::task::spawn_blocking(move || {
+        let slot = module
+            .get_slots_with_token()
+            .map_err(token_error)?
+            .into_iter()
+            .find(|slot| {
+                module
+                    .get_token_info(*slot)
+                    .is_ok_and(|info| info.label().trim_end() == token_label)
+            })
+            .ok_or_else(|| Pkcs11Failure::NoToken(token_label.clone()))?;
+        let session = module.open_rw_session(slot).map_err(token_error)?;
+        match session.login(UserType::User, Some(&read_pin(&pin_file)?)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => {
+                return Err(Pkcs11Failure::Login {
+                    token: token_label,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        match find_key(&session, &token_label, &label) {
+            Err(Pkcs11Failure::NoKey { .. }) => {}
+            Ok(_) | Err(Pkcs11Failure::SeveralKeys { .. }) => {
+                return Err(Pkcs11Failure::Token(format!(
+                    "token \"{token_label}\" already has a key labelled \"{label}\"; not replacing it"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+        let common = |private: bool| {
+            let mut a = vec![
+                Attribute::Token(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ];
+            if private {
+                a.extend([
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Sign(true),
+                ]);
+            } else {
+                a.push(Attribute::Verify(true));
+            }
+            a
+        };
+        let (mechanism, mut public_template) = match kind {
+            GeneratedKind::Rsa(bits) => (
+                Mechanism::RsaPkcsKeyPairGen,
+                vec![
+                    Attribute::ModulusBits(bits.into()),
+                    Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                ],
+            ),
+            // The OID 1.3.101.112 (id-Ed25519), DER.
+            GeneratedKind::Ed25519 => (
+                Mechanism::EccEdwardsKeyPairGen,
+                vec![Attribute::EcParams(vec![0x06, 0x03, 0x2b, 0x65, 0x70])],
+            ),
+        };
+        public_template.extend(common(false));
+        let (_, private) = session
+            .generate_key_pair(&mechanism, &public_template, &common(true))
+            .map_err(token_error)?;
+        let algo = match kind {
+            GeneratedKind::Rsa(_) => Algo::RsaSha256,
+            GeneratedKind::Ed25519 => Algo::Ed25519Sha256,
+        };
+        public_key(&session, &label, private, algo)
+    })
+    .await
+    .map_err(|_| Pkcs11Failure::Token("the PKCS#11 task ended unexpectedly".into()))?
+}

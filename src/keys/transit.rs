@@ -1,0 +1,442 @@
+//! Vault / OpenBao Transit keys: `key = { transit_mount = "transit", transit_key = "NAME",
+//! transit_key_version? , vault_address?, vault_token? }`. The private key never leaves
+//! Transit: the milter reads the key's public half (`GET <mount>/keys/<name>`) and, for each
+//! message, sends the SHA-256 of the data to sign (`POST <mount>/sign/<name>`).
+//!
+//! Facts from OpenBao's `builtin/logical/transit` this relies on:
+//! - DKIM's `rsa-sha256` is RSASSA-PKCS1-v1_5 with the SHA-256 DigestInfo: the request says
+//!   `signature_algorithm=pkcs1v15` (the default, PSS, is rejected by DKIM verifiers),
+//!   `hash_algorithm=sha2-256` and `prehashed=true` (with `hash_algorithm=none` the DigestInfo
+//!   would be missing);
+//! - `ed25519-sha256` (RFC 8463) is PureEdDSA over the SHA-256 of the data: Transit signs the
+//!   32-byte input as it is, so no `prehashed` (which would ask for Ed25519ph);
+//! - the answer is `vault:vN:<base64>`; `batch_input` signs many inputs in one request.
+//!
+//! Signatures are made with an explicit `key_version`: the version whose public key was read,
+//! so that what `check` reports and what is signed always belong together, even while someone
+//! rotates the key in Transit (the new version is picked up at the next refresh, `[cache] ttl`).
+//!
+//! Requests go through the same clients as the KV source ([`VaultPool`]): one per address and
+//! token, with `[vault]`'s auth (token, token file, AppRole with renewal), namespace, CA and
+//! timeout.
+
+use super::signing_key::{RemotePublicKey, SignError, SigningKey};
+use super::vault::{VaultFailure, VaultPool, request_failure};
+use crate::config::keysource::{TransitSource, VaultToken};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rustify::endpoint::Endpoint;
+use rustify::enums::{RequestMethod, RequestType, ResponseType};
+use rustls_pki_types::SubjectPublicKeyInfoDer;
+use rustls_pki_types::pem::PemObject as _;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// `[vault] transit_batch_size` when unset.
+pub const DEFAULT_TRANSIT_BATCH_SIZE: usize = 32;
+
+/// Why a Transit key cannot be used. Never contains a token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransitFailure {
+    #[error(transparent)]
+    Vault(#[from] VaultFailure),
+    #[error(
+        "the Transit key is of type {0}, which cannot make DKIM signatures; create it with type=rsa-2048 or type=ed25519"
+    )]
+    WrongType(String),
+    #[error(
+        "the Transit key is derived (derived=true), which needs a context per signature; create a key without derivation"
+    )]
+    Derived,
+    #[error("the Transit key has no version {wanted} (the latest is {latest})")]
+    NoSuchVersion { wanted: u64, latest: u64 },
+    #[error("the Transit key's public key is unusable: {0}")]
+    BadPublicKey(String),
+    #[error("Transit answered with {0}")]
+    BadSignature(String),
+}
+
+/// The Transit key types that sign DKIM.
+fn algorithm_of(key_type: &str) -> Option<KeyKind> {
+    match key_type {
+        "rsa-2048" | "rsa-3072" | "rsa-4096" => Some(KeyKind::Rsa),
+        "ed25519" => Some(KeyKind::Ed25519),
+        _ => None,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyKind {
+    Rsa,
+    Ed25519,
+}
+
+/// Reads the key's public half and returns a key that signs through Transit.
+pub(crate) async fn fetch(
+    pool: &Arc<VaultPool>,
+    source: &TransitSource<String>,
+) -> Result<SigningKey, TransitFailure> {
+    let read = ReadKey {
+        mount: source.mount.clone(),
+        name: source.key.clone(),
+    };
+    let info = pool
+        .call(source.address.as_ref(), source.token.as_ref(), |client| {
+            let read = read.clone();
+            async move {
+                vaultrs::api::exec_with_result(&*client, read)
+                    .await
+                    .map_err(|e| request_failure(&client, e))
+            }
+        })
+        .await?;
+    let kind =
+        algorithm_of(&info.key_type).ok_or_else(|| TransitFailure::WrongType(info.key_type))?;
+    if info.derived {
+        return Err(TransitFailure::Derived);
+    }
+    let version = source.version.unwrap_or(info.latest_version);
+    let public = info
+        .keys
+        .get(&version.to_string())
+        .and_then(|v| v.public_key.as_deref())
+        .ok_or(TransitFailure::NoSuchVersion {
+            wanted: version,
+            latest: info.latest_version,
+        })?;
+    let public = match kind {
+        KeyKind::Rsa => {
+            let spki = SubjectPublicKeyInfoDer::from_pem_slice(public.as_bytes())
+                .map_err(|e| TransitFailure::BadPublicKey(format!("not a PEM public key: {e}")))?;
+            RemotePublicKey::rsa_spki(spki.as_ref()).map_err(TransitFailure::BadPublicKey)?
+        }
+        KeyKind::Ed25519 => {
+            let raw = BASE64
+                .decode(public.trim())
+                .map_err(|_| TransitFailure::BadPublicKey("not base64".into()))?;
+            RemotePublicKey::ed25519(&raw).map_err(TransitFailure::BadPublicKey)?
+        }
+    };
+    let batch_size = pool
+        .settings()
+        .transit_batch_size
+        .map_or(DEFAULT_TRANSIT_BATCH_SIZE, usize::from);
+    let key = TransitKey {
+        target: Arc::new(Target {
+            pool: pool.clone(),
+            address: source.address.clone(),
+            token: source.token.clone(),
+            mount: source.mount.clone(),
+            name: source.key.clone(),
+            version,
+            kind,
+            origin: format!(
+                "transit {} {}/sign/{} version {version}",
+                pool.address_for(source.address.as_ref())
+                    .as_deref()
+                    .unwrap_or("(no address)"),
+                source.mount,
+                source.key
+            ),
+        }),
+        batcher: (batch_size > 1).then(|| Arc::new(Batcher::new(batch_size))),
+    };
+    Ok(SigningKey::transit(key, public))
+}
+
+/// A handle to one version of a Transit key: where to send hashes, never the key.
+pub struct TransitKey {
+    target: Arc<Target>,
+    /// `None` when `transit_batch_size = 1`.
+    batcher: Option<Arc<Batcher>>,
+}
+
+struct Target {
+    pool: Arc<VaultPool>,
+    address: Option<String>,
+    token: Option<VaultToken>,
+    mount: String,
+    name: String,
+    version: u64,
+    kind: KeyKind,
+    /// "transit ADDRESS MOUNT/sign/NAME version N", for errors.
+    origin: String,
+}
+
+type Digest = [u8; 32];
+/// One signature's answer: the raw signature, or why Transit did not give it.
+type Answer = Result<Vec<u8>, TransitFailure>;
+
+impl TransitKey {
+    /// Has Transit sign a SHA-256 digest; returns the raw signature.
+    pub async fn sign(&self, digest: &Digest) -> Result<Vec<u8>, SignError> {
+        let answer = match &self.batcher {
+            Some(batcher) => batcher.sign(&self.target, *digest).await,
+            None => match self.target.request(&[*digest]).await {
+                Ok(mut answers) => answers
+                    .pop()
+                    .unwrap_or(Err(TransitFailure::BadSignature("no signature".into()))),
+                Err(e) => Err(e),
+            },
+        };
+        answer.map_err(|failure| SignError::Remote {
+            origin: self.target.origin.clone(),
+            reason: failure.to_string(),
+        })
+    }
+}
+
+impl Target {
+    /// One `POST <mount>/sign/<name>` with every digest as a `batch_input` item; the answers
+    /// in the same order.
+    async fn request(&self, digests: &[Digest]) -> Result<Vec<Answer>, TransitFailure> {
+        let rsa = self.kind == KeyKind::Rsa;
+        let sign = Sign {
+            mount: self.mount.clone(),
+            name: self.name.clone(),
+            body: SignBody {
+                batch_input: digests
+                    .iter()
+                    .map(|d| SignInput {
+                        input: BASE64.encode(d),
+                    })
+                    .collect(),
+                key_version: self.version,
+                prehashed: rsa.then_some(true),
+                hash_algorithm: rsa.then_some("sha2-256"),
+                signature_algorithm: rsa.then_some("pkcs1v15"),
+            },
+        };
+        let answer = self
+            .pool
+            .call(self.address.as_ref(), self.token.as_ref(), |client| {
+                let sign = sign.clone();
+                async move {
+                    vaultrs::api::exec_with_result(&*client, sign)
+                        .await
+                        .map_err(|e| request_failure(&client, e))
+                }
+            })
+            .await?;
+        if answer.batch_results.len() != digests.len() {
+            return Err(TransitFailure::BadSignature(format!(
+                "{} results for {} inputs",
+                answer.batch_results.len(),
+                digests.len()
+            )));
+        }
+        Ok(answer
+            .batch_results
+            .into_iter()
+            .map(|r| self.signature(r))
+            .collect())
+    }
+
+    /// The raw signature in `vault:vN:<base64>`, which must be of the version asked for.
+    fn signature(&self, result: SignResult) -> Answer {
+        if let Some(error) = result.error.filter(|e| !e.is_empty()) {
+            return Err(TransitFailure::BadSignature(format!(
+                "an error: {}",
+                error.chars().take(200).collect::<String>()
+            )));
+        }
+        let text = result.signature.unwrap_or_default();
+        let prefix = format!("vault:v{}:", self.version);
+        let Some(b64) = text.strip_prefix(&prefix) else {
+            return Err(TransitFailure::BadSignature(format!(
+                "a signature not of the form {prefix}…"
+            )));
+        };
+        BASE64
+            .decode(b64)
+            .map_err(|_| TransitFailure::BadSignature("a signature that is not base64".into()))
+    }
+}
+
+/// Shares round trips between concurrent messages signed with one Transit key. A signature
+/// that finds no request under way is sent at once, alone (no added latency when mail is
+/// light); those that arrive while one is under way wait for it and go together in the next
+/// request, up to `max` per request. So under load each request carries what accumulated during
+/// the previous one, and the number of requests adapts to the round-trip time by itself.
+struct Batcher {
+    max: usize,
+    state: Mutex<BatchState>,
+}
+
+#[derive(Default)]
+struct BatchState {
+    /// Whether a task is sending requests.
+    sending: bool,
+    waiting: Vec<(Digest, oneshot::Sender<Answer>)>,
+}
+
+impl Batcher {
+    fn new(max: usize) -> Self {
+        Batcher {
+            max,
+            state: Mutex::new(BatchState::default()),
+        }
+    }
+
+    async fn sign(self: &Arc<Self>, target: &Arc<Target>, digest: Digest) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let start_sender = {
+            let mut state = self.lock();
+            state.waiting.push((digest, reply));
+            !std::mem::replace(&mut state.sending, true)
+        };
+        if start_sender {
+            // A task of its own: if this message's connection goes away mid-request, the
+            // others' signatures still arrive.
+            let batcher = self.clone();
+            let target = target.clone();
+            tokio::spawn(async move { batcher.send_until_empty(&target).await });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(TransitFailure::BadSignature(
+                "no answer (the signing task ended)".into(),
+            ))
+        })
+    }
+
+    async fn send_until_empty(&self, target: &Target) {
+        // Should this task end early (runtime shutdown), the next signature starts a new one.
+        let _done = SendingGuard(self);
+        loop {
+            let batch: Vec<(Digest, oneshot::Sender<Answer>)> = {
+                let mut state = self.lock();
+                if state.waiting.is_empty() {
+                    state.sending = false;
+                    return;
+                }
+                let take = state.waiting.len().min(self.max);
+                state.waiting.drain(..take).collect()
+            };
+            let digests: Vec<Digest> = batch.iter().map(|(d, _)| *d).collect();
+            match target.request(&digests).await {
+                Ok(answers) => {
+                    for ((_, reply), answer) in batch.into_iter().zip(answers) {
+                        let _ = reply.send(answer);
+                    }
+                }
+                Err(failure) => {
+                    for (_, reply) in batch {
+                        let _ = reply.send(Err(failure.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BatchState> {
+        // Updates are a push or a drain: nothing is left half-done by a panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct SendingGuard<'a>(&'a Batcher);
+
+impl Drop for SendingGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        if state.sending {
+            state.sending = false;
+            // Dropping the senders tells the waiters there will be no answer.
+            state.waiting.clear();
+        }
+    }
+}
+
+/// `GET <mount>/keys/<name>`.
+#[derive(Clone)]
+struct ReadKey {
+    mount: String,
+    name: String,
+}
+
+/// The fields of the answer this module uses (Vault and OpenBao add more).
+#[derive(Deserialize)]
+struct KeyInfo {
+    #[serde(rename = "type")]
+    key_type: String,
+    #[serde(default)]
+    derived: bool,
+    latest_version: u64,
+    keys: HashMap<String, KeyVersion>,
+}
+
+#[derive(Deserialize)]
+struct KeyVersion {
+    public_key: Option<String>,
+}
+
+impl Endpoint for ReadKey {
+    type Response = KeyInfo;
+    const REQUEST_BODY_TYPE: RequestType = RequestType::JSON;
+    const RESPONSE_BODY_TYPE: ResponseType = ResponseType::JSON;
+
+    fn path(&self) -> String {
+        format!("{}/keys/{}", self.mount, self.name)
+    }
+    fn method(&self) -> RequestMethod {
+        RequestMethod::GET
+    }
+}
+
+/// `POST <mount>/sign/<name>`.
+#[derive(Clone)]
+struct Sign {
+    mount: String,
+    name: String,
+    body: SignBody,
+}
+
+#[derive(Clone, Serialize)]
+struct SignBody {
+    batch_input: Vec<SignInput>,
+    key_version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prehashed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash_algorithm: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature_algorithm: Option<&'static str>,
+}
+
+#[derive(Clone, Serialize)]
+struct SignInput {
+    input: String,
+}
+
+#[derive(Deserialize)]
+struct SignAnswer {
+    batch_results: Vec<SignResult>,
+}
+
+#[derive(Deserialize)]
+struct SignResult {
+    signature: Option<String>,
+    error: Option<String>,
+}
+
+impl Endpoint for Sign {
+    type Response = SignAnswer;
+    const REQUEST_BODY_TYPE: RequestType = RequestType::JSON;
+    const RESPONSE_BODY_TYPE: ResponseType = ResponseType::JSON;
+
+    fn path(&self) -> String {
+        format!("{}/sign/{}", self.mount, self.name)
+    }
+    fn method(&self) -> RequestMethod {
+        RequestMethod::POST
+    }
+    fn body(&self) -> Result<Option<Vec<u8>>, rustify::errors::ClientError> {
+        serde_json::to_vec(&self.body).map(Some).map_err(|e| {
+            rustify::errors::ClientError::DataParseError {
+                source: anyhow::Error::new(e),
+            }
+        })
+    }
+}
