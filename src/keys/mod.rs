@@ -197,6 +197,52 @@ impl Backends {
         new_key(source, &bytes, stamp)
     }
 
+    /// Creates a key where it will stay (Transit, or a PKCS#11 token), for `keygen`: it
+    /// refuses a name already in use, and returns the key as the milter will sign with it.
+    pub async fn create_remote(
+        &self,
+        source: &ResolvedKeySource,
+        kind: generate::KeyKind,
+    ) -> Result<SigningKey, KeyError> {
+        use generate::KeyKind;
+        match source {
+            ResolvedKeySource::Transit(t) => {
+                let key_type = match kind {
+                    KeyKind::Rsa2048 => "rsa-2048",
+                    KeyKind::Rsa3072 => "rsa-3072",
+                    KeyKind::Ed25519 => "ed25519",
+                };
+                transit::create(&self.vault, t, key_type)
+                    .await
+                    .map_err(|failure| KeyError::Transit {
+                        origin: self.vault_origin(
+                            t.address.as_ref(),
+                            &format!("transit {}/keys/{}", t.mount, t.key),
+                        ),
+                        failure,
+                    })
+            }
+            ResolvedKeySource::Pkcs11(p) => {
+                let failed = |failure| KeyError::Pkcs11 {
+                    origin: source.to_string(),
+                    failure,
+                };
+                let generated = match kind {
+                    KeyKind::Rsa2048 => pkcs11::GeneratedKind::Rsa(2048),
+                    KeyKind::Rsa3072 => pkcs11::GeneratedKind::Rsa(3072),
+                    KeyKind::Ed25519 => pkcs11::GeneratedKind::Ed25519,
+                };
+                pkcs11::generate(&self.pkcs11, p, generated)
+                    .await
+                    .map_err(failed)?;
+                pkcs11::fetch(&self.pkcs11, p).await.map_err(failed)
+            }
+            _ => Err(KeyError::Internal(
+                "keys are created remotely only in Transit or a PKCS#11 token",
+            )),
+        }
+    }
+
     /// "vault ADDRESS WHAT", for errors.
     fn vault_origin(&self, address: Option<&String>, what: &str) -> String {
         format!(

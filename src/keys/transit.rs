@@ -43,6 +43,12 @@ pub enum TransitFailure {
     #[error(transparent)]
     Vault(#[from] VaultFailure),
     #[error(
+        "no such Transit key (HTTP 404); check transit_mount and transit_key, or create it with `signet-milter keygen --transit-key NAME`"
+    )]
+    NoSuchKey,
+    #[error("a Transit key of that name already exists; not replacing it")]
+    AlreadyExists,
+    #[error(
         "the Transit key is of type {0}, which cannot make DKIM signatures; create it with type=rsa-2048 or type=ed25519"
     )]
     WrongType(String),
@@ -91,7 +97,11 @@ pub(crate) async fn fetch(
                     .map_err(|e| request_failure(&client, e))
             }
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            VaultFailure::NotFound => TransitFailure::NoSuchKey,
+            other => TransitFailure::Vault(other),
+        })?;
     let kind =
         algorithm_of(&info.key_type).ok_or_else(|| TransitFailure::WrongType(info.key_type))?;
     if info.derived {
@@ -439,4 +449,74 @@ impl Endpoint for Sign {
             }
         })
     }
+}
+
+/// `POST <mount>/keys/<name>`: a new key that cannot be exported or backed up in plain text.
+#[derive(Clone)]
+struct CreateKey {
+    mount: String,
+    name: String,
+    key_type: &'static str,
+}
+
+#[derive(Serialize)]
+struct CreateBody {
+    #[serde(rename = "type")]
+    key_type: &'static str,
+    exportable: bool,
+    allow_plaintext_backup: bool,
+}
+
+impl Endpoint for CreateKey {
+    type Response = ();
+    const REQUEST_BODY_TYPE: RequestType = RequestType::JSON;
+    const RESPONSE_BODY_TYPE: ResponseType = ResponseType::JSON;
+
+    fn path(&self) -> String {
+        format!("{}/keys/{}", self.mount, self.name)
+    }
+    fn method(&self) -> RequestMethod {
+        RequestMethod::POST
+    }
+    fn body(&self) -> Result<Option<Vec<u8>>, rustify::errors::ClientError> {
+        let body = CreateBody {
+            key_type: self.key_type,
+            exportable: false,
+            allow_plaintext_backup: false,
+        };
+        serde_json::to_vec(&body).map(Some).map_err(|e| {
+            rustify::errors::ClientError::DataParseError {
+                source: anyhow::Error::new(e),
+            }
+        })
+    }
+}
+
+/// Creates `transit_key` in Transit as a `key_type` key (`rsa-2048`, `rsa-3072`, `ed25519`),
+/// refusing a name already in use, and returns it as the milter will use it.
+pub(crate) async fn create(
+    pool: &Arc<VaultPool>,
+    source: &TransitSource<String>,
+    key_type: &'static str,
+) -> Result<SigningKey, TransitFailure> {
+    match fetch(pool, source).await {
+        Err(TransitFailure::NoSuchKey) => {}
+        Ok(_) => return Err(TransitFailure::AlreadyExists),
+        Err(e) => return Err(e),
+    }
+    let create = CreateKey {
+        mount: source.mount.clone(),
+        name: source.key.clone(),
+        key_type,
+    };
+    pool.call(source.address.as_ref(), source.token.as_ref(), |client| {
+        let create = create.clone();
+        async move {
+            vaultrs::api::exec_with_empty(&*client, create)
+                .await
+                .map_err(|e| request_failure(&client, e))
+        }
+    })
+    .await?;
+    fetch(pool, source).await
 }
