@@ -220,11 +220,41 @@ impl KeySource {
         }
     }
 
-    /// The PKCS#11 source, if this is one (completed from `[pkcs11]` at load time).
-    pub fn pkcs11(&self) -> Option<&Pkcs11Source<Template>> {
-        match self {
-            KeySource::Pkcs11(p) => Some(p),
-            _ => None,
+    /// A PKCS#11 source with what it leaves unset taken from `[pkcs11]`, so that every
+    /// message, `check` and the logs see the module, token and PIN file actually used. The
+    /// error names what neither sets.
+    pub fn with_pkcs11_defaults(
+        self,
+        defaults: &crate::config::Pkcs11Settings,
+    ) -> Result<KeySource, &'static str> {
+        let KeySource::Pkcs11(p) = self else {
+            return Ok(self);
+        };
+        let token = match p.token {
+            Some(token) => Some(token),
+            None => match &defaults.token {
+                Some(label) => Some(Template::parse(label).map_err(
+                    |_| "[pkcs11] token must not contain { or } (write {{ or }} for them)",
+                )?),
+                None => None,
+            },
+        };
+        let completed = Pkcs11Source {
+            module: p.module.or_else(|| defaults.module.clone()),
+            token,
+            key: p.key,
+            pin_file: p.pin_file.or_else(|| defaults.pin_file.clone()),
+        };
+        if completed.module.is_none() {
+            Err(
+                "pkcs11_module is set neither here nor as [pkcs11] module (e.g. \"/usr/lib/softhsm/libsofthsm2.so\")",
+            )
+        } else if completed.token.is_none() {
+            Err("pkcs11_token (the token's label) is set neither here nor as [pkcs11] token")
+        } else if completed.pin_file.is_none() {
+            Err("pkcs11_pin_file is set neither here nor as [pkcs11] pin_file")
+        } else {
+            Ok(KeySource::Pkcs11(completed))
         }
     }
 
@@ -273,7 +303,7 @@ impl fmt::Display for ResolvedKeySource {
             ResolvedKeySource::Pkcs11(p) => write!(
                 f,
                 "pkcs11 token {} key {}",
-                p.token.as_deref().unwrap_or("([pkcs11] token)"),
+                p.token.as_deref().unwrap_or("(unset)"),
                 p.key
             ),
         }

@@ -255,24 +255,6 @@ impl SigningTable {
     }
 }
 
-/// What a PKCS#11 key source leaves unset that `[pkcs11]` does not set either.
-fn missing_pkcs11_setting(
-    source: &super::keysource::Pkcs11Source<Template>,
-    defaults: &Pkcs11Settings,
-) -> Option<&'static str> {
-    if source.module.is_none() && defaults.module.is_none() {
-        Some(
-            "pkcs11_module is set neither here nor as [pkcs11] module (e.g. \"/usr/lib/softhsm/libsofthsm2.so\")",
-        )
-    } else if source.token.is_none() && defaults.token.is_none() {
-        Some("pkcs11_token (the token's label) is set neither here nor as [pkcs11] token")
-    } else if source.pin_file.is_none() && defaults.pin_file.is_none() {
-        Some("pkcs11_pin_file is set neither here nor as [pkcs11] pin_file")
-    } else {
-        None
-    }
-}
-
 type At<'a> = &'a dyn Fn(Option<Range<usize>>, String) -> ConfigError;
 
 pub(super) fn build(
@@ -480,11 +462,9 @@ impl Context<'_> {
                 format!("{label} key event_name \"{name}\" has no [callbacks.\"{name}\"] section"),
             ));
         }
-        if let Some(source) = key.pkcs11()
-            && let Some(missing) = missing_pkcs11_setting(source, self.pkcs11)
-        {
-            return Err(at(Some(span), format!("{label} key: {missing}")));
-        }
+        let key = key
+            .with_pkcs11_defaults(self.pkcs11)
+            .map_err(|missing| at(Some(span.clone()), format!("{label} key: {missing}")))?;
         Ok(SignerTemplate {
             label,
             domain,

@@ -25,7 +25,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::types::AuthPin;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -64,8 +64,22 @@ pub enum Pkcs11Failure {
     WrongKeyType(String),
     #[error("the public half of \"{key}\" cannot be read: {reason}")]
     NoPublicKey { key: String, reason: String },
-    #[error("{0}")]
-    Token(String),
+    #[error("{reason}")]
+    Token {
+        reason: String,
+        /// Whether the session, the login or the token went away, so that a new session (a
+        /// new slot lookup, login and key lookup) may succeed.
+        gone: bool,
+    },
+}
+
+impl Pkcs11Failure {
+    fn token(reason: impl Into<String>) -> Self {
+        Pkcs11Failure::Token {
+            reason: reason.into(),
+            gone: false,
+        }
+    }
 }
 
 /// Loaded modules, by path: kept for the life of the process.
@@ -107,7 +121,7 @@ impl Pkcs11Pool {
     }
 
     fn token(&self, source: &Pkcs11Source<String>) -> Result<Arc<Token>, Pkcs11Failure> {
-        let missing = |what: &str| Pkcs11Failure::Token(format!("internal: no {what}"));
+        let missing = |what: &str| Pkcs11Failure::token(format!("internal: no {what}"));
         let module_path = source
             .module
             .clone()
@@ -166,7 +180,7 @@ impl Token {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| Pkcs11Failure::Token("the session pool is closed".into()))?;
+            .map_err(|_| Pkcs11Failure::token("the session pool is closed"))?;
         let token = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -176,23 +190,24 @@ impl Token {
                     token.give_back(session);
                     Ok(value)
                 }
-                Err(Pkcs11Failure::Token(reason)) if is_gone(&reason) => {
-                    tracing::warn!(token = %token.label, error = %reason, "PKCS#11 session lost; opening a new one");
+                // A session that failed is never pooled again. After a token-level error the
+                // other pooled sessions are suspect too; one more try on a new session.
+                Err(Pkcs11Failure::Token { reason, gone }) => {
+                    tracing::warn!(token = %token.label, error = %reason, "PKCS#11 operation failed; retrying on a new session");
                     drop(session);
-                    token.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    if gone {
+                        token.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    }
                     let session = token.session()?;
                     let value = operation(&session)?;
                     token.give_back(session);
                     Ok(value)
                 }
-                Err(e) => {
-                    token.give_back(session);
-                    Err(e)
-                }
+                Err(e) => Err(e),
             }
         })
         .await
-        .map_err(|_| Pkcs11Failure::Token("the PKCS#11 task ended unexpectedly".into()))?
+        .map_err(|_| Pkcs11Failure::token("the PKCS#11 task ended unexpectedly"))?
     }
 
     fn give_back(&self, session: Session) {
@@ -225,33 +240,37 @@ impl Token {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
             Err(e) => Err(Pkcs11Failure::Login {
                 token: self.label.clone(),
-                reason: e.to_string(),
+                reason: token_error(e).to_string(),
             }),
         }
     }
 }
 
-/// Errors after which a new session (and login, and key lookup) may succeed.
-fn is_gone(reason: &str) -> bool {
-    [
-        "SessionHandleInvalid",
-        "SessionClosed",
-        "UserNotLoggedIn",
-        "DeviceRemoved",
-        "TokenNotPresent",
-        "DeviceError",
-        "ObjectHandleInvalid",
-        "KeyHandleInvalid",
-        "SlotIdInvalid",
-        "TokenNotRecognized",
-        "CryptokiNotInitialized",
-    ]
-    .iter()
-    .any(|code| reason.contains(code))
-}
-
 fn token_error(e: CkError) -> Pkcs11Failure {
-    Pkcs11Failure::Token(e.to_string())
+    // Errors after which a new session (and login, and key lookup) may succeed.
+    let gone = matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::UserNotLoggedIn
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::DeviceError
+                | RvError::ObjectHandleInvalid
+                | RvError::KeyHandleInvalid
+                | RvError::SlotIdInvalid
+                | RvError::TokenNotRecognized
+                | RvError::CryptokiNotInitialized,
+            _
+        )
+    );
+    let reason = match &e {
+        // The return value's name says more to an operator than its long description.
+        CkError::Pkcs11(rv, function) => format!("C_{function:?} returned {rv:?}"),
+        other => other.to_string(),
+    };
+    Pkcs11Failure::Token { reason, gone }
 }
 
 fn read_pin(path: &Path) -> Result<AuthPin, Pkcs11Failure> {
@@ -281,6 +300,14 @@ fn find_key(
         .map_err(token_error)?;
     let handle = match found.as_slice() {
         [one] => *one,
+        // Private keys are invisible to a session that is not logged in: someone logged the
+        // token out (login state is per process and token). A new session logs in again.
+        [] if !logged_in(session) => {
+            return Err(Pkcs11Failure::Token {
+                reason: format!("token \"{token}\" is no longer logged in"),
+                gone: true,
+            });
+        }
         [] => {
             return Err(Pkcs11Failure::NoKey {
                 token: token.into(),
@@ -305,6 +332,15 @@ fn find_key(
         _ => return Err(Pkcs11Failure::WrongKeyType(label.into())),
     };
     Ok((handle, algo))
+}
+
+fn logged_in(session: &Session) -> bool {
+    session.get_session_info().is_ok_and(|info| {
+        matches!(
+            info.session_state(),
+            SessionState::RoUser | SessionState::RwUser
+        )
+    })
 }
 
 /// The public half: RSA's modulus and exponent are attributes of the private key too; an
@@ -475,14 +511,14 @@ pub(crate) async fn generate(
             Err(e) => {
                 return Err(Pkcs11Failure::Login {
                     token: token_label,
-                    reason: e.to_string(),
+                    reason: token_error(e).to_string(),
                 });
             }
         }
         match find_key(&session, &token_label, &label) {
             Err(Pkcs11Failure::NoKey { .. }) => {}
             Ok(_) | Err(Pkcs11Failure::SeveralKeys { .. }) => {
-                return Err(Pkcs11Failure::Token(format!(
+                return Err(Pkcs11Failure::token(format!(
                     "token \"{token_label}\" already has a key labelled \"{label}\"; not replacing it"
                 )));
             }
@@ -530,5 +566,5 @@ pub(crate) async fn generate(
         public_key(&session, &label, private, algo)
     })
     .await
-    .map_err(|_| Pkcs11Failure::Token("the PKCS#11 task ended unexpectedly".into()))?
+    .map_err(|_| Pkcs11Failure::token("the PKCS#11 task ended unexpectedly"))?
 }

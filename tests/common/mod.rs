@@ -5,6 +5,7 @@
 
 pub mod fake_vault;
 pub mod openbao;
+pub mod softhsm;
 
 use arc_swap::ArcSwap;
 use indymilter::{Actions, MacroStage, ProtoOpts};
