@@ -198,6 +198,21 @@ impl TransitKey {
     }
 }
 
+/// Who answers a batch of digests: Transit (a [`Target`]), or a stand-in in the unit tests.
+trait SignRequests: Send + Sync + 'static {
+    /// One request for all `digests`; the answers in the same order.
+    fn request(
+        &self,
+        digests: Vec<Digest>,
+    ) -> impl std::future::Future<Output = Result<Vec<Answer>, TransitFailure>> + Send;
+}
+
+impl SignRequests for Target {
+    async fn request(&self, digests: Vec<Digest>) -> Result<Vec<Answer>, TransitFailure> {
+        Target::request(self, &digests).await
+    }
+}
+
 impl Target {
     /// One `POST <mount>/sign/<name>` with every digest as a `batch_input` item; the answers
     /// in the same order.
@@ -290,7 +305,7 @@ impl Batcher {
         }
     }
 
-    async fn sign(self: &Arc<Self>, target: &Arc<Target>, digest: Digest) -> Answer {
+    async fn sign<R: SignRequests>(self: &Arc<Self>, target: &Arc<R>, digest: Digest) -> Answer {
         let (reply, answer) = oneshot::channel();
         let start_sender = {
             let mut state = self.lock();
@@ -302,7 +317,7 @@ impl Batcher {
             // others' signatures still arrive.
             let batcher = self.clone();
             let target = target.clone();
-            tokio::spawn(async move { batcher.send_until_empty(&target).await });
+            tokio::spawn(async move { batcher.send_until_empty(&*target).await });
         }
         answer.await.unwrap_or_else(|_| {
             Err(TransitFailure::BadSignature(
@@ -311,7 +326,7 @@ impl Batcher {
         })
     }
 
-    async fn send_until_empty(&self, target: &Target) {
+    async fn send_until_empty<R: SignRequests>(&self, target: &R) {
         // Should this task end early (runtime shutdown), the next signature starts a new one.
         let _done = SendingGuard(self);
         loop {
@@ -325,7 +340,7 @@ impl Batcher {
                 state.waiting.drain(..take).collect()
             };
             let digests: Vec<Digest> = batch.iter().map(|(d, _)| *d).collect();
-            match target.request(&digests).await {
+            match SignRequests::request(target, digests).await {
                 Ok(answers) => {
                     for ((_, reply), answer) in batch.into_iter().zip(answers) {
                         let _ = reply.send(answer);
@@ -519,4 +534,104 @@ pub(crate) async fn create(
     })
     .await?;
     fetch(pool, source).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Semaphore;
+
+    /// Answers each digest with itself, records the batch sizes, and holds each request until
+    /// the test adds a permit; fails the requests whose number is in `fail`.
+    struct Gate {
+        permits: Semaphore,
+        batches: Mutex<Vec<usize>>,
+        fail: Vec<usize>,
+    }
+
+    impl SignRequests for Gate {
+        async fn request(&self, digests: Vec<Digest>) -> Result<Vec<Answer>, TransitFailure> {
+            let n = {
+                let mut batches = self.batches.lock().unwrap();
+                batches.push(digests.len());
+                batches.len()
+            };
+            self.permits.acquire().await.unwrap().forget();
+            if self.fail.contains(&n) {
+                return Err(TransitFailure::Vault(VaultFailure::Sealed));
+            }
+            Ok(digests.into_iter().map(|d| Ok(d.to_vec())).collect())
+        }
+    }
+
+    fn gate(fail: Vec<usize>) -> Arc<Gate> {
+        Arc::new(Gate {
+            permits: Semaphore::new(0),
+            batches: Mutex::new(Vec::new()),
+            fail,
+        })
+    }
+
+    async fn until(mut condition: impl FnMut() -> bool) {
+        while !condition() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Starts one signature, waits until its request is under way, then starts `more`, waits
+    /// until they all queue, and lets the requests through one by one.
+    async fn run(max: usize, more: u8, fail: Vec<usize>) -> (Vec<usize>, Vec<Answer>) {
+        let batcher = Arc::new(Batcher::new(max));
+        let gate = gate(fail);
+        let mut tasks = Vec::new();
+        for n in 0..=more {
+            let (b, g) = (batcher.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move { b.sign(&g, [n; 32]).await }));
+            if n == 0 {
+                until(|| gate.batches.lock().unwrap().len() == 1).await;
+            }
+        }
+        until(|| batcher.lock().waiting.len() == usize::from(more)).await;
+        gate.permits.add_permits(100);
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        // The sender stops once nothing waits (it may still be finishing its last round).
+        until(|| !batcher.lock().sending).await;
+        let batches = gate.batches.lock().unwrap().clone();
+        (batches, answers)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn signatures_arriving_during_a_request_share_the_next_one() {
+        let (batches, answers) = run(32, 9, vec![]).await;
+        assert_eq!(batches, vec![1, 9]);
+        for (n, answer) in answers.into_iter().enumerate() {
+            assert_eq!(
+                answer.unwrap(),
+                vec![n as u8; 32],
+                "each gets its own signature"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_holds_at_most_the_batch_size() {
+        let (batches, answers) = run(4, 9, vec![]).await;
+        assert_eq!(batches, vec![1, 4, 4, 1]);
+        assert!(answers.iter().all(Result::is_ok));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_request_fails_its_batch_only() {
+        let (batches, answers) = run(4, 5, vec![2]).await;
+        assert_eq!(batches, vec![1, 4, 1]);
+        let failed: Vec<bool> = answers.iter().map(Result::is_err).collect();
+        assert_eq!(failed, vec![false, true, true, true, true, false]);
+        assert_eq!(
+            answers[1].as_ref().unwrap_err(),
+            &TransitFailure::Vault(VaultFailure::Sealed)
+        );
+    }
 }
