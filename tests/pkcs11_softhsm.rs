@@ -240,24 +240,28 @@ async fn a_logged_out_token_is_logged_in_again() {
 /// Logs the token out as another part of this process would (through the shared module).
 fn logout(token: &str) {
     let module = signet_milter::keys::pkcs11::module(Path::new(MODULE)).unwrap();
-    let slot = module
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| {
-            module
-                .get_token_info(*s)
-                .is_ok_and(|i| i.label().trim_end() == token)
-        })
-        .unwrap();
-    let session = module.open_ro_session(slot).unwrap();
-    session.logout().unwrap();
+    module.with_context(|context| {
+        let slot = context
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| {
+                context
+                    .get_token_info(*s)
+                    .is_ok_and(|i| i.label().trim_end() == token)
+            })
+            .unwrap();
+        let session = context.open_ro_session(slot).unwrap();
+        session.logout().unwrap();
+    });
 }
 
 /// The token is unplugged (its directory taken away) while the milter runs: every message gets
-/// on_error at the end of the message, on every connection.
+/// on_error at the end of the message, on every connection. Plugged back in, signing resumes
+/// without a restart: the milter initialises the module again (SoftHSM2 lists its tokens only
+/// then), at most once per `REINITIALIZE_INTERVAL`.
 #[tokio::test]
-async fn an_unplugged_token_gets_on_error() {
+async fn an_unplugged_token_gets_on_error_and_signing_resumes_when_it_is_back() {
     let hsm = hsm();
     let token = "unplug";
     let pin = hsm.pin_file("unplug.pin", USER_PIN);
@@ -297,10 +301,29 @@ async fn an_unplugged_token_gets_on_error() {
         "{:?}",
         sent.status
     );
-    // SoftHSM2 forgets a token whose directory vanished until the process restarts, so a
-    // re-plug cannot be shown with it (a hardware token keeps its slot; the milter finds the
-    // token again by label on a new session, as the logout test shows).
     hsm.plug_in(unplugged);
+    // The event waited for: the first message signed again. Each try is a real message; the
+    // module is initialised again at most once a second, so this takes one to two seconds.
+    let mut tries = 0;
+    let sent = loop {
+        tries += 1;
+        let sent = send(&mut conn, &[], &message).await;
+        if sent.status == Status::Continue || tries == 100 {
+            break sent;
+        }
+        tokio::time::sleep(signet_milter::keys::pkcs11::REINITIALIZE_INTERVAL / 4).await;
+    };
+    assert_eq!(
+        sent.status,
+        Status::Continue,
+        "signing resumed after {tries} tries"
+    );
+    assert_verifies_everywhere(
+        &message.delivered(&sent.inserted),
+        &milter.keys_dir(),
+        &[("example.com", "rsa")],
+    )
+    .await;
     milter.stop().await;
 }
 

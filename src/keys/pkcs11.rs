@@ -29,7 +29,9 @@ use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::types::AuthPin;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 /// `[pkcs11] max_sessions` when unset.
@@ -82,12 +84,29 @@ impl Pkcs11Failure {
     }
 }
 
+/// How often a module may be re-initialised when a token cannot be found: re-initialising
+/// closes every session of every token of the module, so a token that stays away must not
+/// cause it for every message.
+pub const REINITIALIZE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A loaded PKCS#11 module, shared by every configuration of the process.
+pub struct Module {
+    path: PathBuf,
+    context: Pkcs11,
+    /// Every call holds it shared; re-initialising holds it exclusively (PKCS#11 forbids
+    /// `C_Finalize` while another thread is in a call).
+    calls: RwLock<()>,
+    /// Bumped by each re-initialisation: sessions of an older generation are gone.
+    generation: AtomicU64,
+    last_reinitialized: Mutex<Option<Instant>>,
+}
+
 /// Loaded modules, by path: kept for the life of the process.
-static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Pkcs11>>>> =
+static MODULES: LazyLock<Mutex<HashMap<PathBuf, Arc<Module>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The module at `path`, loaded and initialized once per process.
-pub fn module(path: &Path) -> Result<Arc<Pkcs11>, Pkcs11Failure> {
+pub fn module(path: &Path) -> Result<Arc<Module>, Pkcs11Failure> {
     let mut modules = MODULES.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(module) = modules.get(path) {
         return Ok(module.clone());
@@ -101,9 +120,60 @@ pub fn module(path: &Path) -> Result<Arc<Pkcs11>, Pkcs11Failure> {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => return Err(failed(e.to_string())),
     }
-    let context = Arc::new(context);
-    modules.insert(path.to_owned(), context.clone());
-    Ok(context)
+    let module = Arc::new(Module {
+        path: path.to_owned(),
+        context,
+        calls: RwLock::new(()),
+        generation: AtomicU64::new(0),
+        last_reinitialized: Mutex::new(None),
+    });
+    modules.insert(path.to_owned(), module.clone());
+    Ok(module)
+}
+
+impl Module {
+    /// Runs `f` with the cryptoki context, as one call: never during a re-initialisation.
+    /// For callers outside the pool (tests, tools).
+    pub fn with_context<T>(&self, f: impl FnOnce(&Pkcs11) -> T) -> T {
+        let _calling = self.calls.read().unwrap_or_else(|p| p.into_inner());
+        f(&self.context)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// `C_Finalize` and `C_Initialize` again, so that the module looks for its tokens anew
+    /// (SoftHSM2 and some HSMs list tokens only at initialisation). At most once per
+    /// [`REINITIALIZE_INTERVAL`]; returns whether it happened.
+    fn reinitialize(&self) -> bool {
+        {
+            let mut last = self
+                .last_reinitialized
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < REINITIALIZE_INTERVAL) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let _no_calls = self.calls.write().unwrap_or_else(|p| p.into_inner());
+        let _ = self.context.clone().finalize();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        match self
+            .context
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                tracing::info!(module = %self.path.display(), "PKCS#11 module initialised again to find its tokens");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(module = %self.path.display(), error = %e, "PKCS#11 module could not be initialised again");
+                false
+            }
+        }
+    }
 }
 
 /// The tokens of one configuration, by (module, label, PIN file).
@@ -160,12 +230,28 @@ impl Pkcs11Pool {
 
 /// One token as one logged-in user: a pool of sessions.
 struct Token {
-    module: Arc<Pkcs11>,
+    module: Arc<Module>,
     label: String,
     pin_file: PathBuf,
-    idle: Mutex<Vec<Session>>,
+    idle: Mutex<Vec<Pooled>>,
     /// One per session that may be open at once.
     permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// A logged-in session and the module generation it was opened in.
+struct Pooled {
+    session: Session,
+    generation: u64,
+}
+
+impl Pooled {
+    /// Closes the session, unless the module was re-initialised since (which closed it, and
+    /// whose new sessions may reuse its handle).
+    fn discard(self, module: &Module) {
+        if self.generation == module.generation() {
+            let _ = self.session.close();
+        }
+    }
 }
 
 impl Token {
@@ -184,66 +270,113 @@ impl Token {
         let token = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let session = token.session()?;
-            match operation(&session) {
-                Ok(value) => {
-                    token.give_back(session);
-                    Ok(value)
-                }
-                // A session that failed is never pooled again. After a token-level error the
-                // other pooled sessions are suspect too; one more try on a new session.
+            let result = match token.attempt(&operation) {
+                // After a token-level error the other pooled sessions are suspect too: one
+                // more try on a new session.
                 Err(Pkcs11Failure::Token { reason, gone }) => {
                     tracing::warn!(token = %token.label, error = %reason, "PKCS#11 operation failed; retrying on a new session");
-                    drop(session);
                     if gone {
-                        token.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                        token.discard_idle();
                     }
-                    let session = token.session()?;
-                    let value = operation(&session)?;
-                    token.give_back(session);
-                    Ok(value)
+                    token.attempt(&operation)
                 }
-                Err(e) => Err(e),
+                other => other,
+            };
+            match result {
+                // Gone for good, or not seen by a module that lists its tokens only when
+                // initialised (SoftHSM2): look again from scratch, at most once a second.
+                Err(Pkcs11Failure::NoToken(_)) if token.module.reinitialize() => {
+                    token.discard_idle();
+                    token.attempt(&operation)
+                }
+                other => other,
             }
         })
         .await
         .map_err(|_| Pkcs11Failure::token("the PKCS#11 task ended unexpectedly"))?
     }
 
-    fn give_back(&self, session: Session) {
+    /// `operation` on one session: pooled again when it succeeds, closed when it fails.
+    fn attempt<T>(
+        &self,
+        operation: &impl Fn(&Session) -> Result<T, Pkcs11Failure>,
+    ) -> Result<T, Pkcs11Failure> {
+        let _calling = self.module.calls.read().unwrap_or_else(|p| p.into_inner());
+        let pooled = self.session()?;
+        match operation(&pooled.session) {
+            Ok(value) => {
+                self.give_back(pooled);
+                Ok(value)
+            }
+            Err(e) => {
+                pooled.discard(&self.module);
+                Err(e)
+            }
+        }
+    }
+
+    fn give_back(&self, pooled: Pooled) {
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(session);
+            .push(pooled);
+    }
+
+    fn discard_idle(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        for pooled in idle {
+            pooled.discard(&self.module);
+        }
     }
 
     /// A pooled session, or a new one: the slot found by label, logged in as the user.
-    fn session(&self) -> Result<Session, Pkcs11Failure> {
-        if let Some(session) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(session);
+    fn session(&self) -> Result<Pooled, Pkcs11Failure> {
+        let generation = self.module.generation();
+        loop {
+            let Some(pooled) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                break;
+            };
+            if pooled.generation == generation {
+                return Ok(pooled);
+            }
+            // Opened before a re-initialisation: already closed by it.
         }
-        let slot = self
-            .module
-            .get_slots_with_token()
-            .map_err(token_error)?
-            .into_iter()
-            .find(|slot| {
-                self.module
-                    .get_token_info(*slot)
-                    .is_ok_and(|info| info.label().trim_end() == self.label)
-            })
-            .ok_or_else(|| Pkcs11Failure::NoToken(self.label.clone()))?;
-        let session = self.module.open_ro_session(slot).map_err(token_error)?;
+        let context = &self.module.context;
+        let slot = find_slot(context, &self.label)?;
+        // Closed by us (`Pooled::discard`), never on drop: after a re-initialisation a new
+        // session may carry the handle number of an old one.
+        let session = context.open_ro_session_no_drop(slot).map_err(token_error)?;
+        let pooled = Pooled {
+            session,
+            generation,
+        };
         let pin = read_pin(&self.pin_file)?;
-        match session.login(UserType::User, Some(&pin)) {
+        match pooled.session.login(UserType::User, Some(&pin)) {
             // Login is per application and token: another session may have done it.
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-            Err(e) => Err(Pkcs11Failure::Login {
-                token: self.label.clone(),
-                reason: token_error(e).to_string(),
-            }),
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(pooled),
+            Err(e) => {
+                pooled.discard(&self.module);
+                Err(Pkcs11Failure::Login {
+                    token: self.label.clone(),
+                    reason: token_error(e).to_string(),
+                })
+            }
         }
     }
+}
+
+/// The slot holding the token labelled `label`.
+fn find_slot(context: &Pkcs11, label: &str) -> Result<cryptoki::slot::Slot, Pkcs11Failure> {
+    context
+        .get_slots_with_token()
+        .map_err(token_error)?
+        .into_iter()
+        .find(|slot| {
+            context
+                .get_token_info(*slot)
+                .is_ok_and(|info| info.label().trim_end() == label)
+        })
+        .ok_or_else(|| Pkcs11Failure::NoToken(label.to_string()))
 }
 
 fn token_error(e: CkError) -> Pkcs11Failure {
@@ -495,17 +628,9 @@ pub(crate) async fn generate(
     let module = token.module.clone();
     let pin_file = token.pin_file.clone();
     tokio::task::spawn_blocking(move || {
-        let slot = module
-            .get_slots_with_token()
-            .map_err(token_error)?
-            .into_iter()
-            .find(|slot| {
-                module
-                    .get_token_info(*slot)
-                    .is_ok_and(|info| info.label().trim_end() == token_label)
-            })
-            .ok_or_else(|| Pkcs11Failure::NoToken(token_label.clone()))?;
-        let session = module.open_rw_session(slot).map_err(token_error)?;
+        let _calling = module.calls.read().unwrap_or_else(|p| p.into_inner());
+        let slot = find_slot(&module.context, &token_label)?;
+        let session = module.context.open_rw_session(slot).map_err(token_error)?;
         match session.login(UserType::User, Some(&read_pin(&pin_file)?)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(e) => {
