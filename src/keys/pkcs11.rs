@@ -15,7 +15,10 @@
 //! a session, the login or the token itself is gone (unplugged, logged out, reinitialized), the
 //! pool is emptied and the signature is tried once more on a new session: the slot is found
 //! again by the token's label, logged in again with the PIN file read again, and the key found
-//! again by its label.
+//! again by its label. When the token cannot be found at all, the module is initialised again
+//! (at most once per [`REINITIALIZE_INTERVAL`], waiting for calls under way): some modules,
+//! SoftHSM2 among them, list their tokens only when initialised, so a token plugged back in
+//! is seen only then.
 
 use super::signing_key::{RemotePublicKey, SignError, SigningKey};
 use crate::config::keysource::Pkcs11Source;
@@ -239,12 +242,26 @@ struct Token {
 }
 
 /// A logged-in session and the module generation it was opened in.
-struct Pooled {
+pub(crate) struct Pooled {
     session: Session,
     generation: u64,
+    /// Keys found in this session, by label: a signature costs one `C_Sign`, not a search
+    /// too. A handle that stops working (the key deleted) fails with a token-level error, and
+    /// the retry on a new session searches again.
+    keys: HashMap<String, (ObjectHandle, Algo)>,
 }
 
 impl Pooled {
+    /// The private key labelled `label`, found once per session.
+    fn key(&mut self, token: &str, label: &str) -> Result<(ObjectHandle, Algo), Pkcs11Failure> {
+        if let Some(found) = self.keys.get(label) {
+            return Ok(*found);
+        }
+        let found = find_key(&self.session, token, label)?;
+        self.keys.insert(label.to_string(), found);
+        Ok(found)
+    }
+
     /// Closes the session, unless the module was re-initialised since (which closed it, and
     /// whose new sessions may reuse its handle).
     fn discard(self, module: &Module) {
@@ -259,7 +276,7 @@ impl Token {
     /// pool is emptied and `operation` runs once more on a new session.
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
-        operation: impl Fn(&Session) -> Result<T, Pkcs11Failure> + Send + 'static,
+        operation: impl Fn(&mut Pooled) -> Result<T, Pkcs11Failure> + Send + 'static,
     ) -> Result<T, Pkcs11Failure> {
         let permit = self
             .permits
@@ -299,11 +316,11 @@ impl Token {
     /// `operation` on one session: pooled again when it succeeds, closed when it fails.
     fn attempt<T>(
         &self,
-        operation: &impl Fn(&Session) -> Result<T, Pkcs11Failure>,
+        operation: &impl Fn(&mut Pooled) -> Result<T, Pkcs11Failure>,
     ) -> Result<T, Pkcs11Failure> {
         let _calling = self.module.calls.read().unwrap_or_else(|p| p.into_inner());
-        let pooled = self.session()?;
-        match operation(&pooled.session) {
+        let mut pooled = self.session()?;
+        match operation(&mut pooled) {
             Ok(value) => {
                 self.give_back(pooled);
                 Ok(value)
@@ -349,6 +366,7 @@ impl Token {
         let pooled = Pooled {
             session,
             generation,
+            keys: HashMap::new(),
         };
         let pin = read_pin(&self.pin_file)?;
         match pooled.session.login(UserType::User, Some(&pin)) {
@@ -555,9 +573,9 @@ pub(crate) async fn fetch(
     let label = source.key.clone();
     let token_label = token.label.clone();
     let (algo, public) = token
-        .run(move |session| {
-            let (handle, algo) = find_key(session, &token_label, &label)?;
-            Ok((algo, public_key(session, &label, handle, algo)?))
+        .run(move |pooled| {
+            let (handle, algo) = find_key(&pooled.session, &token_label, &label)?;
+            Ok((algo, public_key(&pooled.session, &label, handle, algo)?))
         })
         .await?;
     debug_assert_eq!(public.algo, algo);
@@ -581,8 +599,9 @@ impl Pkcs11Key {
         let label = self.label.clone();
         let token_label = self.token.label.clone();
         self.token
-            .run(move |session| {
-                let (handle, found) = find_key(session, &token_label, &label)?;
+            .run(move |pooled| {
+                let (handle, found) = pooled.key(&token_label, &label)?;
+                let session = &pooled.session;
                 if found != algo {
                     return Err(Pkcs11Failure::WrongKeyType(label.clone()));
                 }
