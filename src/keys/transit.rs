@@ -102,8 +102,9 @@ pub(crate) async fn fetch(
             VaultFailure::NotFound => TransitFailure::NoSuchKey,
             other => TransitFailure::Vault(other),
         })?;
-    let kind =
-        algorithm_of(&info.key_type).ok_or_else(|| TransitFailure::WrongType(info.key_type))?;
+    let Some(kind) = algorithm_of(&info.key_type) else {
+        return Err(TransitFailure::WrongType(info.key_type));
+    };
     if info.derived {
         return Err(TransitFailure::Derived);
     }

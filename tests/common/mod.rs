@@ -479,7 +479,7 @@ pub async fn assert_verifies_everywhere(raw: &[u8], keys: &Path, expect: &[(&str
 pub fn signature_shape(value: &str) -> String {
     let mut out = String::new();
     let mut rest = value;
-    while let Some(pos) = rest.find(|c: char| c == 't' || c == 'b') {
+    while let Some(pos) = rest.find(['t', 'b']) {
         let (before, at) = rest.split_at(pos);
         out.push_str(before);
         let tag = ["t=", "bh=", "b="].into_iter().find(|t| {
