@@ -165,16 +165,9 @@ impl Backends {
                 (bytes, None)
             }
             ResolvedKeySource::Transit(t) => {
-                let key =
-                    transit::fetch(&self.vault, t)
-                        .await
-                        .map_err(|failure| KeyError::Transit {
-                            origin: self.vault_origin(
-                                t.address.as_ref(),
-                                &format!("transit {}/keys/{}", t.mount, t.key),
-                            ),
-                            failure,
-                        })?;
+                let key = transit::fetch(&self.vault, t)
+                    .await
+                    .map_err(|failure| self.transit_error(t, failure))?;
                 return Ok(Fetched::New {
                     key: Arc::new(key),
                     stamp: None,
@@ -214,13 +207,7 @@ impl Backends {
                 };
                 transit::create(&self.vault, t, key_type)
                     .await
-                    .map_err(|failure| KeyError::Transit {
-                        origin: self.vault_origin(
-                            t.address.as_ref(),
-                            &format!("transit {}/keys/{}", t.mount, t.key),
-                        ),
-                        failure,
-                    })
+                    .map_err(|failure| self.transit_error(t, failure))
             }
             ResolvedKeySource::Pkcs11(p) => {
                 let failed = |failure| KeyError::Pkcs11 {
@@ -240,6 +227,20 @@ impl Backends {
             _ => Err(KeyError::Internal(
                 "keys are created remotely only in Transit or a PKCS#11 token",
             )),
+        }
+    }
+
+    fn transit_error(
+        &self,
+        t: &crate::config::keysource::TransitSource<String>,
+        failure: TransitFailure,
+    ) -> KeyError {
+        KeyError::Transit {
+            origin: self.vault_origin(
+                t.address.as_ref(),
+                &format!("transit {}/keys/{}", t.mount, t.key),
+            ),
+            failure,
         }
     }
 
