@@ -1,6 +1,7 @@
 //! Does every key a message can be signed with work right now? Used by `check` and at startup.
 
-use crate::inventory::{self, KeyLocation, SigningKey};
+use crate::inventory::{self, KeyLocation, KeyUse};
+use crate::keys::{Custody, SigningKey};
 use crate::runtime::Runtime;
 
 /// The state of one key of the [inventory](crate::inventory).
@@ -15,6 +16,45 @@ pub struct KeyStatus {
     /// `rsa-2048`, `ed25519`, or `-` when unknown.
     pub algorithm: String,
     pub status: Result<&'static str, String>,
+    /// What the operator should know about a usable key: a weak RSA size, or that a remote
+    /// key has no stale fallback.
+    pub notes: Vec<KeyNote>,
+}
+
+/// Something to say about a key that works.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyNote {
+    /// A weakness worth a warning (RSA under 2048 bits).
+    Weak(String),
+    /// Where a remote key is, and what its outage means.
+    Remote(String),
+}
+
+impl std::fmt::Display for KeyNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyNote::Weak(text) | KeyNote::Remote(text) => f.write_str(text),
+        }
+    }
+}
+
+/// The notes for a key that resolved.
+fn notes_for(key: &SigningKey) -> Vec<KeyNote> {
+    let mut notes = Vec::new();
+    if let Some(weakness) = key.weakness() {
+        notes.push(KeyNote::Weak(weakness));
+    }
+    let holder = match key.custody() {
+        Custody::Memory => None,
+        Custody::Transit => Some("Vault/OpenBao Transit"),
+        Custody::Pkcs11 => Some("the PKCS#11 token"),
+    };
+    if let Some(holder) = holder {
+        notes.push(KeyNote::Remote(format!(
+            "the private key stays in {holder}: every signature asks it, and there is no stale-key fallback; while it is unreachable, messages get on_error"
+        )));
+    }
+    notes
 }
 
 impl KeyStatus {
@@ -41,19 +81,20 @@ pub async fn key_statuses(runtime: &Runtime) -> Vec<KeyStatus> {
 
 /// Loads one key and checks it against its signature's `algo`. A key that differs per message
 /// cannot be loaded ahead of a message; it is reported as such, not as a problem.
-pub async fn key_status(runtime: &Runtime, key: &SigningKey) -> KeyStatus {
+pub async fn key_status(runtime: &Runtime, key: &KeyUse) -> KeyStatus {
     let template = &key.signature;
-    let (algorithm, status) = match &key.key {
+    let (algorithm, status, notes) = match &key.key {
         KeyLocation::PerMessage(_) => (
             template.algo.map_or("-".into(), |a| a.to_string()),
             Ok("resolved per author domain"),
+            Vec::new(),
         ),
         KeyLocation::Known(source) => match runtime.keys.get(source).await {
             Ok(loaded) => match loaded.check_algo(template.algo) {
-                Ok(()) => (loaded.describe(), Ok("ok")),
-                Err(e) => (loaded.describe(), Err(e.to_string())),
+                Ok(()) => (loaded.describe(), Ok("ok"), notes_for(&loaded)),
+                Err(e) => (loaded.describe(), Err(e.to_string()), Vec::new()),
             },
-            Err(e) => ("-".into(), Err(e.to_string())),
+            Err(e) => ("-".into(), Err(e.to_string()), Vec::new()),
         },
     };
     KeyStatus {
@@ -63,5 +104,6 @@ pub async fn key_status(runtime: &Runtime, key: &SigningKey) -> KeyStatus {
         source: key.source_text(),
         algorithm,
         status,
+        notes,
     }
 }

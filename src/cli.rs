@@ -1,6 +1,8 @@
 //! The command line: `run` (the default), `check` (with `--dns`, `--postfix`, `--sendmail`),
 //! `sign`, `verify`, `keygen`.
 
+use crate::check::KeyNote;
+use crate::config::keysource::{Pkcs11Source, ResolvedKeySource, TransitSource};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::inventory::{KeyLocation, SignAs};
 use crate::keys::generate::{KeyKind, generate, write_key_files, zone_record};
@@ -91,7 +93,10 @@ enum Command {
         #[arg(long = "domain", value_name = "DOMAIN")]
         domains: Vec<String>,
     },
-    /// Generate a key pair: DIR/DOMAIN/SELECTOR.key (mode 0600) and .dns; print the DNS record.
+    /// Generate a key pair and print its DNS record: in files (DIR/DOMAIN/SELECTOR.key, mode
+    /// 0600, and .dns), or where it will stay — in Vault/OpenBao Transit (--transit-key, with
+    /// the configuration's [vault] settings) or in a PKCS#11 token (--pkcs11-key, with its
+    /// [pkcs11] settings). An existing key is never replaced.
     Keygen {
         #[arg(long, value_enum)]
         algo: KeyKind,
@@ -100,8 +105,31 @@ enum Command {
         #[arg(long)]
         selector: String,
         /// Key directory (the layout matches the default `[keys] directory`).
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required_unless_present_any = ["transit_key", "pkcs11_key"], conflicts_with_all = ["transit_key", "pkcs11_key"])]
+        out: Option<PathBuf>,
+        /// Create the key in Transit under this name (not exportable).
+        #[arg(long, value_name = "NAME", conflicts_with = "pkcs11_key")]
+        transit_key: Option<String>,
+        /// The Transit mount.
+        #[arg(
+            long,
+            value_name = "MOUNT",
+            default_value = "transit",
+            requires = "transit_key"
+        )]
+        transit_mount: String,
+        /// Generate the key pair in a PKCS#11 token with this label (sensitive, not extractable).
+        #[arg(long, value_name = "LABEL")]
+        pkcs11_key: Option<String>,
+        /// The token's label (default: [pkcs11] token).
+        #[arg(long, value_name = "LABEL", requires = "pkcs11_key")]
+        pkcs11_token: Option<String>,
+        /// The PKCS#11 module (default: [pkcs11] module).
+        #[arg(long, value_name = "PATH", requires = "pkcs11_key")]
+        pkcs11_module: Option<PathBuf>,
+        /// The file holding the user PIN (default: [pkcs11] pin_file).
+        #[arg(long, value_name = "PATH", requires = "pkcs11_key")]
+        pkcs11_pin_file: Option<PathBuf>,
     },
     /// Write the manual pages (signet-milter.8 and one per command) into a directory.
     #[command(hide = true)]
@@ -148,7 +176,39 @@ pub fn main_with(env: Environment) -> ExitCode {
             domain,
             selector,
             out,
-        } => keygen(algo, &domain, &selector, &out),
+            transit_key,
+            transit_mount,
+            pkcs11_key,
+            pkcs11_token,
+            pkcs11_module,
+            pkcs11_pin_file,
+        } => {
+            let remote = match (transit_key, pkcs11_key) {
+                (Some(key), _) => Some(ResolvedKeySource::Transit(TransitSource {
+                    mount: transit_mount,
+                    key,
+                    version: None,
+                    address: None,
+                    token: None,
+                })),
+                (None, Some(key)) => Some(ResolvedKeySource::Pkcs11(Pkcs11Source {
+                    module: pkcs11_module,
+                    token: pkcs11_token,
+                    key,
+                    pin_file: pkcs11_pin_file,
+                })),
+                (None, None) => None,
+            };
+            match (remote, out) {
+                (Some(remote), _) => {
+                    keygen_remote(&cli.config, env, algo, &domain, &selector, &remote)
+                }
+                (None, Some(out)) => keygen(algo, &domain, &selector, &out),
+                (None, None) => Err(anyhow::anyhow!(
+                    "keygen needs --out, --transit-key or --pkcs11-key"
+                )),
+            }
+        }
         Command::Man { out } => crate::manpage::write_pages(Cli::command(), &out)
             .map(|_| ExitCode::SUCCESS)
             .with_context(|| format!("cannot write the manual pages into {}", out.display())),
@@ -192,6 +252,12 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
         for status in crate::check::key_statuses(&runtime).await {
             if let Some(problem) = status.problem() {
                 tracing::warn!("key not usable yet: {problem}");
+            }
+            for note in &status.notes {
+                match note {
+                    KeyNote::Weak(text) => tracing::warn!(entry = %status.entry, selector = %status.selector, "{text}"),
+                    KeyNote::Remote(text) => tracing::info!(entry = %status.entry, selector = %status.selector, "{text}"),
+                }
             }
         }
         let listener = server::bind(&runtime.config.milter).await?;
@@ -267,6 +333,15 @@ fn check(
         ],
         &rows,
     );
+    for status in &statuses {
+        for note in &status.notes {
+            let kind = match note {
+                KeyNote::Weak(_) => "warning",
+                KeyNote::Remote(_) => "note",
+            };
+            println!("{kind}: {}/{}: {note}", status.domain, status.selector);
+        }
+    }
     let failed = statuses.iter().filter(|s| s.status.is_err()).count();
     if failed > 0 {
         println!("{failed} of {} keys not usable", statuses.len());
@@ -427,7 +502,9 @@ fn sign(
     for (name, value) in &message.headers {
         session.add_header(name, value);
     }
-    let decision = runtime_builder()?.block_on(session.end_of_headers());
+    // One async runtime for the whole message: a remote key's requests may leave tasks running.
+    let tokio = runtime_builder()?;
+    let decision = tokio.block_on(session.end_of_headers());
     match decision {
         HeadersDecision::Sign => {}
         HeadersDecision::Skip(reason) => {
@@ -440,7 +517,7 @@ fn sign(
     for chunk in message.body.chunks(64 * 1024) {
         session.body_chunk(chunk);
     }
-    let outcome = session.finish();
+    let outcome = tokio.block_on(session.finish());
     if let Some(failure) = outcome.refusal {
         bail!("not signed: {failure}");
     }
@@ -537,5 +614,73 @@ fn keygen(kind: KeyKind, domain: &str, selector: &str, out: &Path) -> anyhow::Re
         dns_path.display()
     );
     println!("{}", zone_record(&domain, selector, &generated.key));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keygen --transit-key` / `--pkcs11-key`: the key is made where it stays; the milter only
+/// learns its public half. Prints the DNS record and the `key =` line for the configuration.
+fn keygen_remote(
+    config_path: &Path,
+    env: Arc<Environment>,
+    kind: KeyKind,
+    domain: &str,
+    selector: &str,
+    source: &ResolvedKeySource,
+) -> anyhow::Result<ExitCode> {
+    let domain = crate::config::normalize_domain(domain).map_err(anyhow::Error::msg)?;
+    let config = load(config_path, &env)?;
+    if let ResolvedKeySource::Pkcs11(p) = source {
+        let defaults = &config.keys.pkcs11;
+        let missing = |what: &str| {
+            anyhow::anyhow!(
+                "no {what}: give --pkcs11-{what} or set [pkcs11] {} in {}",
+                what.replace('-', "_"),
+                config_path.display()
+            )
+        };
+        if p.module.is_none() && defaults.module.is_none() {
+            return Err(missing("module"));
+        }
+        if p.token.is_none() && defaults.token.is_none() {
+            return Err(missing("token"));
+        }
+        if p.pin_file.is_none() && defaults.pin_file.is_none() {
+            return Err(missing("pin-file"));
+        }
+    }
+    let backends = crate::keys::Backends::new(&config, &env.callbacks);
+    let key = runtime_builder()?
+        .block_on(backends.create_remote(source, kind))
+        .context("cannot create the key")?;
+    eprintln!(
+        "created {} ({}); the private key never leaves it",
+        source,
+        key.describe()
+    );
+    let line = match source {
+        ResolvedKeySource::Transit(t) => format!(
+            "key = {{ transit_mount = \"{}\", transit_key = \"{}\" }}",
+            t.mount, t.key
+        ),
+        ResolvedKeySource::Pkcs11(p) => {
+            let mut fields = Vec::new();
+            if let Some(m) = &p.module {
+                fields.push(format!("pkcs11_module = \"{}\"", m.display()));
+            }
+            if let Some(t) = &p.token {
+                fields.push(format!("pkcs11_token = \"{t}\""));
+            }
+            fields.push(format!("pkcs11_key = \"{}\"", p.key));
+            if let Some(f) = &p.pin_file {
+                fields.push(format!("pkcs11_pin_file = \"{}\"", f.display()));
+            }
+            format!("key = {{ {} }}", fields.join(", "))
+        }
+        _ => String::new(),
+    };
+    eprintln!("configuration for [domain.\"{domain}\"] with selector = \"{selector}\":");
+    eprintln!("  {line}");
+    eprintln!("DNS record (publish it before signing with this selector):");
+    println!("{}", zone_record(&domain, selector, &key));
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@
 use crate::config::Algo;
 use crate::dns::{LookupError, TxtLookup};
 use crate::inventory::{self, KeyLocation, SignAs};
-use crate::keys::parse::PrivateKey;
+use crate::keys::SigningKey;
 use crate::runtime::Runtime;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -21,7 +21,7 @@ pub struct PublishedKey {
     pub entry: String,
     pub status: Published,
     /// The key we sign with, when it could be loaded (for the record to publish).
-    pub key: Option<Arc<PrivateKey>>,
+    pub key: Option<Arc<SigningKey>>,
 }
 
 impl PublishedKey {
@@ -150,7 +150,7 @@ pub async fn check_published_keys(runtime: &Runtime, dns: &impl TxtLookup) -> Ve
 async fn lookup(
     dns: &impl TxtLookup,
     name: &str,
-    key: &PrivateKey,
+    key: &SigningKey,
     unreachable: &mut Option<String>,
 ) -> Published {
     match dns.txt(name).await {
@@ -164,7 +164,7 @@ async fn lookup(
 }
 
 /// Compares the TXT records found (each a list of strings) with our key.
-pub fn compare(records: &[Vec<Vec<u8>>], key: &PrivateKey) -> Published {
+pub fn compare(records: &[Vec<Vec<u8>>], key: &SigningKey) -> Published {
     let record = match records {
         [] => return Published::Missing,
         [one] => one,

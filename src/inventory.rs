@@ -25,7 +25,7 @@ const PER_MESSAGE_DOMAIN: &str = "{domain}";
 
 /// One key a message can be signed with.
 #[derive(Clone, Debug)]
-pub struct SigningKey {
+pub struct KeyUse {
     /// The first mail found to use it (the list has each key once: an ESP signature that every
     /// domain gets is one row).
     pub used_by: UsedBy,
@@ -68,7 +68,7 @@ pub enum KeyLocation {
     PerMessage(String),
 }
 
-impl SigningKey {
+impl KeyUse {
     pub fn selector(&self) -> &str {
         &self.signature.selector
     }
@@ -101,13 +101,13 @@ impl SigningKey {
 
 /// Every key a message can be signed with, each once: sorted by domain, selector and entry,
 /// with the keys of per-message domains last.
-pub fn signing_keys(table: &SigningTable) -> Vec<SigningKey> {
+pub fn signing_keys(table: &SigningTable) -> Vec<KeyUse> {
     let mut found = Found::default();
     let mut exact: Vec<_> = table.exact_entries().collect();
     exact.sort_unstable_by_key(|(domain, _)| *domain);
     for (domain, _) in exact {
         for planned in policy::plan(table, Ok(domain)).signatures {
-            found.add(SigningKey {
+            found.add(KeyUse {
                 used_by: UsedBy::Domain(domain.to_string()),
                 key: KeyLocation::Known(
                     planned
@@ -141,12 +141,12 @@ pub fn signing_keys(table: &SigningTable) -> Vec<SigningKey> {
 
 #[derive(Default)]
 struct Found {
-    keys: Vec<SigningKey>,
+    keys: Vec<KeyUse>,
     seen: HashSet<(SignAs, String, KeyLocation)>,
 }
 
 impl Found {
-    fn add(&mut self, key: SigningKey) {
+    fn add(&mut self, key: KeyUse) {
         let identity = (
             key.domain.clone(),
             key.selector().to_string(),
@@ -197,7 +197,7 @@ impl Found {
                     KeyLocation::Known(template.key.resolve(PER_MESSAGE_DOMAIN, &template.selector))
                 }
             };
-            self.add(SigningKey {
+            self.add(KeyUse {
                 used_by: used_by.clone(),
                 signature: template.clone(),
                 domain,
@@ -206,9 +206,9 @@ impl Found {
         }
     }
 
-    fn sorted(mut self) -> Vec<SigningKey> {
+    fn sorted(mut self) -> Vec<KeyUse> {
         self.keys.sort_by(|a, b| {
-            let rank = |k: &SigningKey| matches!(k.domain, SignAs::AuthorOf { .. });
+            let rank = |k: &KeyUse| matches!(k.domain, SignAs::AuthorOf { .. });
             (
                 rank(a),
                 a.domain_text(),

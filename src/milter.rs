@@ -4,7 +4,7 @@
 use crate::metrics::{MessageResult, Metrics};
 use crate::policy::{self, ClientAddr, Origin};
 use crate::runtime::Runtime;
-use crate::session::{Failure, HeadersDecision, MessageSession, Outcome};
+use crate::session::{Failure, HeadersDecision, MessageSession};
 use arc_swap::ArcSwap;
 use indymilter::{
     Actions, Callbacks, Context, ContextActions as _, EomContext, MacroStage, Macros,
@@ -263,11 +263,9 @@ async fn eom(cx: &mut EomContext<Connection>) -> Status {
         trust,
         _in_flight,
     } = message;
-    let Some(outcome) = finish_signatures(session).await else {
-        warn!(queue_id = %queue_id, "the signing task failed");
-        metrics.message(MessageResult::Tempfailed);
-        return Status::Tempfail;
-    };
+    // Slow key operations (RSA, Transit, PKCS#11) run off the connection workers: see
+    // `SigningKey::sign`.
+    let outcome = session.finish().await;
     if let Some(failure) = &outcome.refusal {
         return refuse(&queue_id, &mut cx.reply, failure, &metrics);
     }
@@ -310,20 +308,6 @@ async fn eom(cx: &mut EomContext<Connection>) -> Status {
         "{result}"
     );
     Status::Continue
-}
-
-/// Completes the signatures. An RSA private-key operation takes 0.3 ms (2048 bits) to 15 ms
-/// (8192 bits) of CPU, so it runs on tokio's blocking pool and the workers go on serving the
-/// other connections meanwhile (measured with RSA-4096 mail on 4 connections: Ed25519 mail on
-/// 4 others took 4.3 ms per message inline, 0.4 ms this way). Ed25519 (20 µs) costs less than
-/// the hand-off and stays inline. `None`: the signing task panicked.
-async fn finish_signatures(session: MessageSession) -> Option<Outcome> {
-    if !session.signs_with_rsa() {
-        return Some(session.finish());
-    }
-    tokio::task::spawn_blocking(move || session.finish())
-        .await
-        .ok()
 }
 
 async fn abort(cx: &mut Context<Connection>) -> Status {

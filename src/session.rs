@@ -2,11 +2,11 @@
 //! milter feeds it from protocol callbacks, `signet-milter sign` from a file. Both therefore
 //! sign by exactly the same rules.
 
-use crate::config::{Algo, OnError};
-use crate::keys::KeyError;
+use crate::config::OnError;
+use crate::keys::{KeyError, SignError};
 use crate::policy::{self, NoAuthor, PlannedSignature};
 use crate::runtime::Runtime;
-use crate::sign::{SignatureStream, SignedHeader};
+use crate::sign::{SignatureStream, SignedHeader, UnsignedSignature};
 use std::fmt;
 use std::sync::Arc;
 
@@ -21,6 +21,8 @@ pub enum SignFailure {
     Key(#[from] KeyError),
     #[error("signing failed: {0}")]
     Sign(String),
+    #[error(transparent)]
+    KeyOperation(#[from] SignError),
     #[error("the header section is larger than {MAX_HEADER_BYTES} bytes")]
     HeadersTooLarge,
 }
@@ -31,6 +33,7 @@ impl SignFailure {
         match self {
             SignFailure::Key(k) => k.public_reason(),
             SignFailure::Sign(_) => "signature could not be computed",
+            SignFailure::KeyOperation(e) => e.public_reason(),
             SignFailure::HeadersTooLarge => "header section too large",
         }
     }
@@ -252,17 +255,9 @@ impl MessageSession {
         }
     }
 
-    /// Whether finishing includes an RSA signature, a private-key operation that costs
-    /// hundreds of microseconds to milliseconds (Ed25519: about 20 µs).
-    pub fn signs_with_rsa(&self) -> bool {
-        match &self.state {
-            State::Signing { streams, .. } => streams.iter().any(|s| s.algo == Algo::RsaSha256),
-            _ => false,
-        }
-    }
-
-    /// Finishes every signature.
-    pub fn finish(mut self) -> Outcome {
+    /// Finishes every signature. The key operations of one message run concurrently: a
+    /// message signed with two remote keys waits for one round trip, not two.
+    pub async fn finish(mut self) -> Outcome {
         let State::Signing {
             streams,
             accepted_failures,
@@ -275,30 +270,52 @@ impl MessageSession {
             accepted_failures,
             ..Outcome::default()
         };
+        let mut unsigned: Vec<UnsignedSignature> = Vec::with_capacity(streams.len());
         for stream in streams {
             let id = (stream.domain.clone(), stream.selector.clone());
             let action = stream.on_error;
             match stream.finish(self.leading_space) {
+                Ok(pending) => unsigned.push(pending),
+                Err(e) => outcome.add_failure(Failure {
+                    signature: Some(id),
+                    error: SignFailure::Sign(e.to_string()),
+                    action,
+                }),
+            }
+        }
+        let ids: Vec<((String, String), OnError)> = unsigned
+            .iter()
+            .map(|u| ((u.domain.clone(), u.selector.clone()), u.on_error))
+            .collect();
+        let results =
+            futures_util::future::join_all(unsigned.into_iter().map(UnsignedSignature::sign)).await;
+        for ((id, action), result) in ids.into_iter().zip(results) {
+            match result {
                 Ok(signed) => outcome.signed.push(signed),
-                Err(e) => {
-                    let failure = Failure {
-                        signature: Some(id),
-                        error: SignFailure::Sign(e.to_string()),
-                        action,
-                    };
-                    if failure.action == OnError::Accept {
-                        outcome.accepted_failures.push(failure);
-                    } else if outcome
-                        .refusal
-                        .as_ref()
-                        .is_none_or(|r| failure.action > r.action)
-                    {
-                        outcome.refusal = Some(failure);
-                    }
-                }
+                Err(e) => outcome.add_failure(Failure {
+                    signature: Some(id),
+                    error: SignFailure::KeyOperation(e),
+                    action,
+                }),
             }
         }
         outcome
+    }
+}
+
+impl Outcome {
+    /// Records a failed signature: left out when its `on_error` accepts that, else the
+    /// strictest refusal wins.
+    fn add_failure(&mut self, failure: Failure) {
+        if failure.action == OnError::Accept {
+            self.accepted_failures.push(failure);
+        } else if self
+            .refusal
+            .as_ref()
+            .is_none_or(|r| failure.action > r.action)
+        {
+            self.refusal = Some(failure);
+        }
     }
 }
 

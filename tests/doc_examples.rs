@@ -31,6 +31,7 @@ const SECTIONS: &[&str] = &[
     "log",
     "metrics",
     "vault",
+    "pkcs11",
     "callbacks",
     "base",
     "domain",

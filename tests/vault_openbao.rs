@@ -9,8 +9,8 @@ use common::{Message, TestMilter, assert_verifies, loopback, remote_key, send};
 use indymilter_test::Status;
 use signet_milter::config::Config;
 use signet_milter::config::keysource::{KvVersion, ResolvedKeySource, VaultSource, VaultToken};
+use signet_milter::keys::SigningKey;
 use signet_milter::keys::generate::{KeyKind, generate};
-use signet_milter::keys::parse::PrivateKey;
 use signet_milter::keys::{KeyError, vault::VaultFailure};
 use signet_milter::metrics::Lookup;
 use signet_milter::runtime::Runtime;
@@ -49,11 +49,11 @@ fn new_key() -> (String, String) {
     )
 }
 
-async fn get(runtime: &Runtime, source: &ResolvedKeySource) -> Result<Arc<PrivateKey>, KeyError> {
+async fn get(runtime: &Runtime, source: &ResolvedKeySource) -> Result<Arc<SigningKey>, KeyError> {
     runtime.keys.get(source).await
 }
 
-fn failure(result: Result<Arc<PrivateKey>, KeyError>) -> (VaultFailure, String) {
+fn failure(result: Result<Arc<SigningKey>, KeyError>) -> (VaultFailure, String) {
     match result {
         Err(KeyError::Vault { failure, origin }) => {
             let text = KeyError::Vault {

@@ -9,6 +9,13 @@
 //! key = { event_name = "sqlite-keys", event_args = ["{domain}", "{selector}"] }
 //! ```
 //!
+//! and two where the private key never leaves its vault, the milter asking it for signatures:
+//!
+//! ```toml
+//! key = { transit_mount = "transit", transit_key = "dkim-{domain}-{selector}" }   # Vault/OpenBao Transit
+//! key = { pkcs11_token = "dkim", pkcs11_key = "{domain}-{selector}" }               # an HSM, via [pkcs11]
+//! ```
+//!
 //! A [`KeySource`] is the configured, templated form; [`ResolvedKeySource`] is the same source
 //! for one concrete domain and selector, and is what the key cache is keyed by.
 
@@ -149,6 +156,33 @@ pub struct VaultSource<T> {
     pub kv_version: Option<KvVersion>,
 }
 
+/// A key in a Vault/OpenBao Transit secrets engine: the milter sends it hashes to sign.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TransitSource<T> {
+    pub mount: T,
+    /// The Transit key's name.
+    pub key: T,
+    /// Sign with this version; `None`: the latest version when the key is (re)read, so the
+    /// public key the milter reports and the signatures it makes always belong together.
+    pub version: Option<u64>,
+    pub address: Option<String>,
+    pub token: Option<VaultToken>,
+}
+
+/// A key in a PKCS#11 token (an HSM, SoftHSM2): the milter sends it hashes to sign. Unset
+/// fields come from `[pkcs11]`; loading checks that one of the two sets them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Pkcs11Source<T> {
+    /// The PKCS#11 module (shared library), e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: Option<PathBuf>,
+    /// The token's label.
+    pub token: Option<T>,
+    /// The private key's label (`CKA_LABEL`).
+    pub key: T,
+    /// A file holding the user PIN.
+    pub pin_file: Option<PathBuf>,
+}
+
 /// A configured key source, with `{domain}`/`{selector}` templates not yet filled in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum KeySource {
@@ -156,6 +190,8 @@ pub enum KeySource {
     Data(KeyData),
     Vault(VaultSource<Template>),
     Event { name: String, args: Vec<Template> },
+    Transit(TransitSource<Template>),
+    Pkcs11(Pkcs11Source<Template>),
 }
 
 /// A key source for one concrete signing domain and selector.
@@ -165,6 +201,8 @@ pub enum ResolvedKeySource {
     Data(KeyData),
     Vault(VaultSource<String>),
     Event { name: String, args: Vec<String> },
+    Transit(TransitSource<String>),
+    Pkcs11(Pkcs11Source<String>),
 }
 
 impl KeySource {
@@ -184,6 +222,19 @@ impl KeySource {
                 name: name.clone(),
                 args: args.iter().map(|a| a.render(domain, selector)).collect(),
             },
+            KeySource::Transit(t) => ResolvedKeySource::Transit(TransitSource {
+                mount: t.mount.render(domain, selector),
+                key: t.key.render(domain, selector),
+                version: t.version,
+                address: t.address.clone(),
+                token: t.token.clone(),
+            }),
+            KeySource::Pkcs11(p) => ResolvedKeySource::Pkcs11(Pkcs11Source {
+                module: p.module.clone(),
+                token: p.token.as_ref().map(|t| t.render(domain, selector)),
+                key: p.key.render(domain, selector),
+                pin_file: p.pin_file.clone(),
+            }),
         }
     }
 
@@ -194,6 +245,48 @@ impl KeySource {
             KeySource::Data(_) => false,
             KeySource::Vault(v) => v.mount.mentions_domain() || v.path.mentions_domain(),
             KeySource::Event { args, .. } => args.iter().any(Template::mentions_domain),
+            KeySource::Transit(t) => t.mount.mentions_domain() || t.key.mentions_domain(),
+            KeySource::Pkcs11(p) => {
+                p.key.mentions_domain() || p.token.as_ref().is_some_and(Template::mentions_domain)
+            }
+        }
+    }
+
+    /// A PKCS#11 source with what it leaves unset taken from `[pkcs11]`, so that every
+    /// message, `check` and the logs see the module, token and PIN file actually used. The
+    /// error names what neither sets.
+    pub fn with_pkcs11_defaults(
+        self,
+        defaults: &crate::config::Pkcs11Settings,
+    ) -> Result<KeySource, &'static str> {
+        let KeySource::Pkcs11(p) = self else {
+            return Ok(self);
+        };
+        let token = match p.token {
+            Some(token) => Some(token),
+            None => match &defaults.token {
+                Some(label) => Some(Template::parse(label).map_err(
+                    |_| "[pkcs11] token must not contain { or } (write {{ or }} for them)",
+                )?),
+                None => None,
+            },
+        };
+        let completed = Pkcs11Source {
+            module: p.module.or_else(|| defaults.module.clone()),
+            token,
+            key: p.key,
+            pin_file: p.pin_file.or_else(|| defaults.pin_file.clone()),
+        };
+        if completed.module.is_none() {
+            Err(
+                "pkcs11_module is set neither here nor as [pkcs11] module (e.g. \"/usr/lib/softhsm/libsofthsm2.so\")",
+            )
+        } else if completed.token.is_none() {
+            Err("pkcs11_token (the token's label) is set neither here nor as [pkcs11] token")
+        } else if completed.pin_file.is_none() {
+            Err("pkcs11_pin_file is set neither here nor as [pkcs11] pin_file")
+        } else {
+            Ok(KeySource::Pkcs11(completed))
         }
     }
 
@@ -214,6 +307,8 @@ impl ResolvedKeySource {
             ResolvedKeySource::Data(_) => "data",
             ResolvedKeySource::Vault(_) => "vault",
             ResolvedKeySource::Event { .. } => "callback",
+            ResolvedKeySource::Transit(_) => "transit",
+            ResolvedKeySource::Pkcs11(_) => "pkcs11",
         }
     }
 }
@@ -230,6 +325,19 @@ impl fmt::Display for ResolvedKeySource {
             ResolvedKeySource::Event { name, args } => {
                 write!(f, "callback {name}({})", args.join(", "))
             }
+            ResolvedKeySource::Transit(t) => {
+                write!(f, "transit {}/keys/{}", t.mount, t.key)?;
+                match t.version {
+                    Some(v) => write!(f, " version {v}"),
+                    None => Ok(()),
+                }
+            }
+            ResolvedKeySource::Pkcs11(p) => write!(
+                f,
+                "pkcs11 token {} key {}",
+                p.token.as_deref().unwrap_or("(unset)"),
+                p.key
+            ),
         }
     }
 }
@@ -248,65 +356,140 @@ struct KeySourceTable {
     kv_version: Option<KvVersion>,
     event_name: Option<String>,
     event_args: Option<Vec<Template>>,
+    transit_mount: Option<Template>,
+    transit_key: Option<Template>,
+    transit_key_version: Option<u64>,
+    pkcs11_module: Option<PathBuf>,
+    pkcs11_token: Option<Template>,
+    pkcs11_key: Option<Template>,
+    pkcs11_pin_file: Option<PathBuf>,
 }
+
+const SHAPES: &str = "key_data, vault_mount + vault_path, transit_key, pkcs11_key, or event_name";
 
 impl KeySourceTable {
     fn into_source(self) -> Result<KeySource, String> {
-        let vault = self.vault_mount.is_some()
+        let kv = self.vault_mount.is_some()
             || self.vault_path.is_some()
             || self.vault_key.is_some()
-            || self.vault_address.is_some()
-            || self.vault_token.is_some()
             || self.kv_version.is_some();
+        let transit = self.transit_mount.is_some()
+            || self.transit_key.is_some()
+            || self.transit_key_version.is_some();
+        // vault_address / vault_token serve both Vault shapes.
+        let vault_connection = self.vault_address.is_some() || self.vault_token.is_some();
+        let pkcs11 = self.pkcs11_module.is_some()
+            || self.pkcs11_token.is_some()
+            || self.pkcs11_key.is_some()
+            || self.pkcs11_pin_file.is_some();
         let event = self.event_name.is_some() || self.event_args.is_some();
         let data = self.key_data.is_some();
-        match (data, vault, event) {
-            (true, false, false) => {
-                let text = self.key_data.unwrap_or_default();
-                if text.trim().is_empty() {
-                    return Err("key_data is empty".into());
-                }
-                Ok(KeySource::Data(KeyData::new(text.into_bytes())))
+        let shapes = [data, kv, transit, pkcs11, event];
+        match shapes.iter().filter(|s| **s).count() {
+            0 if vault_connection => {
+                return Err(
+                    "vault_address / vault_token need vault_mount + vault_path or transit_key"
+                        .into(),
+                );
             }
-            (false, true, false) => {
-                let mount = self
-                    .vault_mount
-                    .ok_or("a Vault key source needs vault_mount (e.g. \"secret\")")?;
-                let path = self
-                    .vault_path
-                    .ok_or("a Vault key source needs vault_path (e.g. \"dkim/{domain}\")")?;
-                if let Some(address) = &self.vault_address {
-                    crate::config::validate_http_url(address)
-                        .map_err(|e| format!("vault_address: {e}"))?;
-                }
-                let token = self.vault_token.map(|t| VaultToken(t.into()));
-                if let Some(token) = &token {
-                    validate_token(token).map_err(|e| format!("vault_token: {e}"))?;
-                }
-                if self.vault_key.as_deref() == Some("") {
-                    return Err("vault_key is empty".into());
-                }
-                Ok(KeySource::Vault(VaultSource {
-                    mount,
-                    path,
-                    field: self.vault_key.unwrap_or_else(|| "key".into()),
-                    address: self.vault_address,
-                    token,
-                    kv_version: self.kv_version,
-                }))
-            }
-            (false, false, true) => {
-                let name = self
-                    .event_name
-                    .ok_or("a callback key source needs event_name")?;
-                Ok(KeySource::Event {
-                    name,
-                    args: self.event_args.unwrap_or_default(),
-                })
-            }
-            (false, false, false) => Err("a key source table needs key_data, vault_mount + vault_path, or event_name".into()),
-            _ => Err("a key source table takes exactly one of key_data, vault_*, or event_name/event_args".into()),
+            0 => return Err(format!("a key source table needs {SHAPES}")),
+            1 => {}
+            _ => return Err(format!("a key source table takes exactly one of {SHAPES}")),
         }
+        if vault_connection && !(kv || transit) {
+            return Err("vault_address / vault_token belong to a Vault key source".into());
+        }
+        if data {
+            self.into_data()
+        } else if kv {
+            self.into_vault()
+        } else if transit {
+            self.into_transit()
+        } else if pkcs11 {
+            self.into_pkcs11()
+        } else {
+            let name = self
+                .event_name
+                .ok_or("a callback key source needs event_name")?;
+            Ok(KeySource::Event {
+                name,
+                args: self.event_args.unwrap_or_default(),
+            })
+        }
+    }
+
+    fn into_data(self) -> Result<KeySource, String> {
+        let text = self.key_data.unwrap_or_default();
+        if text.trim().is_empty() {
+            return Err("key_data is empty".into());
+        }
+        Ok(KeySource::Data(KeyData::new(text.into_bytes())))
+    }
+
+    /// The address and token a Vault shape may set for itself.
+    fn vault_connection(&self) -> Result<(Option<String>, Option<VaultToken>), String> {
+        if let Some(address) = &self.vault_address {
+            crate::config::validate_http_url(address).map_err(|e| format!("vault_address: {e}"))?;
+        }
+        let token = self.vault_token.clone().map(|t| VaultToken(t.into()));
+        if let Some(token) = &token {
+            validate_token(token).map_err(|e| format!("vault_token: {e}"))?;
+        }
+        Ok((self.vault_address.clone(), token))
+    }
+
+    fn into_vault(self) -> Result<KeySource, String> {
+        let (address, token) = self.vault_connection()?;
+        let mount = self
+            .vault_mount
+            .ok_or("a Vault key source needs vault_mount (e.g. \"secret\")")?;
+        let path = self
+            .vault_path
+            .ok_or("a Vault key source needs vault_path (e.g. \"dkim/{domain}\")")?;
+        if self.vault_key.as_deref() == Some("") {
+            return Err("vault_key is empty".into());
+        }
+        Ok(KeySource::Vault(VaultSource {
+            mount,
+            path,
+            field: self.vault_key.unwrap_or_else(|| "key".into()),
+            address,
+            token,
+            kv_version: self.kv_version,
+        }))
+    }
+
+    fn into_transit(self) -> Result<KeySource, String> {
+        let (address, token) = self.vault_connection()?;
+        let key = self.transit_key.ok_or(
+            "a Transit key source needs transit_key, the key's name (e.g. \"dkim-{domain}-{selector}\")",
+        )?;
+        if self.transit_key_version == Some(0) {
+            return Err("transit_key_version starts at 1".into());
+        }
+        let mount = match self.transit_mount {
+            Some(mount) => mount,
+            None => Template::parse("transit")?,
+        };
+        Ok(KeySource::Transit(TransitSource {
+            mount,
+            key,
+            version: self.transit_key_version,
+            address,
+            token,
+        }))
+    }
+
+    fn into_pkcs11(self) -> Result<KeySource, String> {
+        let key = self.pkcs11_key.ok_or(
+            "a PKCS#11 key source needs pkcs11_key, the private key's label (e.g. \"{domain}-{selector}\")",
+        )?;
+        Ok(KeySource::Pkcs11(Pkcs11Source {
+            module: self.pkcs11_module,
+            token: self.pkcs11_token,
+            key,
+            pin_file: self.pkcs11_pin_file,
+        }))
     }
 }
 
@@ -319,7 +502,7 @@ impl<'de> serde::de::Visitor<'de> for KeySourceVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(
-            "a key file path, or a table with key_data, vault_mount/vault_path, or event_name",
+            "a key file path, or a table with key_data, vault_mount/vault_path, transit_key, pkcs11_key, or event_name",
         )
     }
 

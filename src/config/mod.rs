@@ -1,5 +1,5 @@
 //! The configuration file: one TOML document with the daemon's sections (`[milter]`, `[keys]`,
-//! `[cache]`, `[log]`, `[metrics]`, `[vault]`, `[callbacks]`) and KumoMTA's `dkim_sign` signing table (`[base]`,
+//! `[cache]`, `[log]`, `[metrics]`, `[vault]`, `[pkcs11]`, `[callbacks]`) and KumoMTA's `dkim_sign` signing table (`[base]`,
 //! `[domain."…"]`, `[signature."…"]`).
 //!
 //! Loading parses into validated types: after [`Config::load`] succeeds, every duration, network,
@@ -25,6 +25,7 @@ pub use values::{
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,8 +46,8 @@ pub struct Config {
     pub signing: SigningTable,
 }
 
-/// The settings that make up the key cache and its backends: `[keys]`, `[cache]`, `[vault]` and
-/// `[callbacks]`. A reload that leaves this unchanged keeps the cache (warm keys, stale keys,
+/// The settings that make up the key cache and its backends: `[keys]`, `[cache]`, `[vault]`,
+/// `[pkcs11]` and `[callbacks]`. A reload that leaves this unchanged keeps the cache (warm keys, stale keys,
 /// Vault logins); any change here starts a new one. Grouped in one type so that a new key
 /// setting cannot be forgotten in that comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,7 @@ pub struct KeyConfig {
     pub cache: CacheSettings,
     pub vault: VaultSettings,
     pub callbacks: BTreeMap<String, CallbackSettings>,
+    pub pkcs11: Pkcs11Settings,
 }
 
 /// `[milter]`: how the MTA reaches us and whose mail may be signed.
@@ -200,6 +202,23 @@ pub struct VaultSettings {
     pub kv_version: Option<keysource::KvVersion>,
     #[serde(default, with = "humantime_serde_compat::option")]
     pub timeout: Option<Duration>,
+    /// Transit keys: at most this many signatures in one request (`batch_input`) while a
+    /// request for the same key is under way; 1 sends every signature on its own. Default 32.
+    pub transit_batch_size: Option<NonZeroUsize>,
+}
+
+/// `[pkcs11]`: defaults for every PKCS#11 key source, and the session pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Settings {
+    /// The PKCS#11 module (shared library) of the HSM, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: Option<PathBuf>,
+    /// The token's label.
+    pub token: Option<String>,
+    /// A file holding the user PIN (mode 0600 or 0640, readable by the milter only).
+    pub pin_file: Option<PathBuf>,
+    /// Sessions open at most per token; each signs one message at a time. Default 4.
+    pub max_sessions: Option<NonZeroUsize>,
 }
 
 /// `[callbacks."NAME"]`: a named key provider for `{ event_name = "NAME" }` key sources.
@@ -225,6 +244,7 @@ struct RawConfig {
     log: Option<LogSettings>,
     metrics: Option<MetricsSettings>,
     vault: Option<toml::Spanned<VaultSettings>>,
+    pkcs11: Option<Pkcs11Settings>,
     #[serde(default)]
     callbacks: BTreeMap<String, toml::Spanned<CallbackSettings>>,
     base: Option<toml::Spanned<signing::RawBase>>,
@@ -291,6 +311,8 @@ impl Config {
             None => VaultSettings::default(),
         };
 
+        let pkcs11 = raw.pkcs11.unwrap_or_default();
+
         let mut callbacks = BTreeMap::new();
         for (name, spanned) in raw.callbacks {
             let span = spanned.span();
@@ -333,6 +355,7 @@ impl Config {
                 signature: raw.signature,
             },
             &keys,
+            &pkcs11,
             &callback_names,
             &at,
         )?;
@@ -345,6 +368,7 @@ impl Config {
                 cache,
                 vault,
                 callbacks,
+                pkcs11,
             },
             log,
             metrics: raw.metrics.unwrap_or_default(),

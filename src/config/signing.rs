@@ -7,7 +7,7 @@
 
 use super::keysource::{KeySource, VaultSource};
 use super::values::{Algo, Canon, OnError, SignaturePolicy};
-use super::{ConfigError, KeySettings, Template};
+use super::{ConfigError, KeySettings, Pkcs11Settings, Template};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -278,6 +278,7 @@ type At<'a> = &'a dyn Fn(Option<Range<usize>>, String) -> ConfigError;
 pub(super) fn build(
     raw: RawSigningTable,
     keys: &KeySettings,
+    pkcs11: &Pkcs11Settings,
     callbacks: &BTreeSet<String>,
     at: At<'_>,
 ) -> Result<SigningTable, ConfigError> {
@@ -307,6 +308,7 @@ pub(super) fn build(
     let base_params = base.params();
     let ctx = Context {
         keys,
+        pkcs11,
         callbacks,
         at,
         vault_mount: base.vault_mount.clone(),
@@ -435,6 +437,7 @@ pub(super) fn build(
 
 struct Context<'a> {
     keys: &'a KeySettings,
+    pkcs11: &'a Pkcs11Settings,
     callbacks: &'a BTreeSet<String>,
     at: At<'a>,
     vault_mount: Option<String>,
@@ -477,6 +480,9 @@ impl Context<'_> {
                 format!("{label} key event_name \"{name}\" has no [callbacks.\"{name}\"] section"),
             ));
         }
+        let key = key
+            .with_pkcs11_defaults(self.pkcs11)
+            .map_err(|missing| at(Some(span.clone()), format!("{label} key: {missing}")))?;
         Ok(SignerTemplate {
             label,
             domain,

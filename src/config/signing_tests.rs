@@ -280,6 +280,33 @@ fn unused_signature_is_a_warning() {
 #[test]
 fn errors_name_line_and_reason() {
     let cases: &[(&str, usize, &str)] = &[
+        ("[vault]\n\ntransit_batch_size = 0\n", 3, "nonzero"),
+        ("[pkcs11]\nmax_sessions = -1\n", 2, "invalid value"),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nkey = { transit_key = \"k\", vault_mount = \"m\", vault_path = \"p\" }\n",
+            3,
+            "exactly one of",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nkey = { transit_key = \"k\", transit_key_version = 0 }\n",
+            3,
+            "transit_key_version starts at 1",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nkey = { transit_mount = \"transit\" }\n",
+            3,
+            "needs transit_key",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nkey = { pkcs11_token = \"t\" }\n",
+            3,
+            "needs pkcs11_key",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nkey = { vault_token = \"t\" }\n",
+            3,
+            "vault_address / vault_token need",
+        ),
         (
             "[domain.\"a.example\"]\nselector = \"s\"\nunknown_key = 1\n",
             3,

@@ -16,8 +16,8 @@
 use super::{Backends, Fetched, KeyError};
 use crate::config::CacheSettings;
 use crate::config::keysource::ResolvedKeySource;
+use crate::keys::SigningKey;
 use crate::keys::file::FileStamp;
-use crate::keys::parse::PrivateKey;
 use crate::metrics::{Lookup, Metrics};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,7 +49,7 @@ struct State {
 }
 
 struct Good {
-    key: Arc<PrivateKey>,
+    key: Arc<SigningKey>,
     stamp: Option<FileStamp>,
     /// When the backend last confirmed this key (fetched it, or a `stat` found the file unchanged).
     confirmed: Instant,
@@ -57,10 +57,10 @@ struct Good {
 
 /// What to do with a lookup, given a slot's state.
 enum Decision {
-    Hit(Arc<PrivateKey>),
+    Hit(Arc<SigningKey>),
     /// Serve the key; start a background refresh when `refresh`.
     Stale {
-        key: Arc<PrivateKey>,
+        key: Arc<SigningKey>,
         refresh: bool,
     },
     Negative(KeyError),
@@ -83,7 +83,7 @@ impl KeyCache {
     }
 
     /// The key of `source`, from the cache when it may be used, else fetched.
-    pub async fn get(&self, source: &ResolvedKeySource) -> Result<Arc<PrivateKey>, KeyError> {
+    pub async fn get(&self, source: &ResolvedKeySource) -> Result<Arc<SigningKey>, KeyError> {
         let slot = self
             .slots
             .get_with_by_ref(source, async { Arc::new(Slot::default()) })
@@ -153,9 +153,12 @@ impl KeyCache {
         match source {
             ResolvedKeySource::Data(_) => None,
             ResolvedKeySource::File(_) => Some(FILE_RECHECK_INTERVAL),
-            ResolvedKeySource::Vault(_) | ResolvedKeySource::Event { .. } => {
-                Some(self.settings.ttl)
-            }
+            // A Transit or PKCS#11 key is a handle and a public key: re-read every ttl, so a
+            // new Transit version or a replaced token key is picked up.
+            ResolvedKeySource::Vault(_)
+            | ResolvedKeySource::Event { .. }
+            | ResolvedKeySource::Transit(_)
+            | ResolvedKeySource::Pkcs11(_) => Some(self.settings.ttl),
         }
     }
 
@@ -163,7 +166,7 @@ impl KeyCache {
         &self,
         slot: &Slot,
         source: &ResolvedKeySource,
-    ) -> Result<Arc<PrivateKey>, KeyError> {
+    ) -> Result<Arc<SigningKey>, KeyError> {
         let _one_fetch = slot.fetching.lock().await;
         // Whoever held the lock before may have answered for us.
         match self.decide(slot, source) {
@@ -207,7 +210,7 @@ impl KeyCache {
         &self,
         slot: &Slot,
         source: &ResolvedKeySource,
-    ) -> Result<Arc<PrivateKey>, KeyError> {
+    ) -> Result<Arc<SigningKey>, KeyError> {
         let previous = lock(&slot.state).good.as_ref().and_then(|g| g.stamp);
         let started = Instant::now();
         let result = self.backends.fetch(source, previous.as_ref()).await;
@@ -254,7 +257,7 @@ impl KeyCache {
     }
 
     /// The last good key if it is still within its stale window.
-    fn stale_key(&self, slot: &Slot, source: &ResolvedKeySource) -> Option<Arc<PrivateKey>> {
+    fn stale_key(&self, slot: &Slot, source: &ResolvedKeySource) -> Option<Arc<SigningKey>> {
         let state = lock(&slot.state);
         let good = state.good.as_ref()?;
         let window = self.freshness(source)? + self.settings.serve_stale;

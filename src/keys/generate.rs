@@ -1,6 +1,7 @@
 //! `keygen`: new key pairs written the way the milter expects to find them.
 
-use super::parse::{KeyParseError, PrivateKey, parse_private_key};
+use super::SigningKey;
+use super::parse::{KeyParseError, parse_private_key};
 use aws_lc_rs::encoding::AsDer;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -19,7 +20,7 @@ pub enum KeyKind {
 /// A new key pair: the PKCS#8 encoding to store, and the parsed key.
 pub struct GeneratedKey {
     pkcs8_der: Zeroizing<Vec<u8>>,
-    pub key: PrivateKey,
+    pub key: SigningKey,
 }
 
 impl GeneratedKey {
@@ -60,7 +61,7 @@ pub fn generate(kind: KeyKind) -> Result<GeneratedKey, KeyParseError> {
 }
 
 /// The zone-file line for the public key, split into 255-byte strings as DNS requires.
-pub fn zone_record(domain: &str, selector: &str, key: &PrivateKey) -> String {
+pub fn zone_record(domain: &str, selector: &str, key: &SigningKey) -> String {
     let value = key.dns_record();
     let parts: Vec<String> = value
         .as_bytes()

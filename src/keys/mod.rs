@@ -1,4 +1,5 @@
-//! Resolving a key source to a parsed key: the backends (file, inline data, Vault, callbacks)
+//! Resolving a key source to a key to sign with: the backends (file, inline data, Vault KV,
+//! callbacks — which hand over the private key — and Vault Transit and PKCS#11, which keep it)
 //! and, in front of them, the [`cache::KeyCache`], so that no message parses a key, reads a key
 //! file or waits for a backend it already has a key from.
 
@@ -7,15 +8,23 @@ pub mod callback;
 pub mod file;
 pub mod generate;
 pub mod parse;
+pub mod pkcs11;
+pub mod signing_key;
+pub mod small_rsa;
+pub mod transit;
 pub mod vault;
+
+pub use signing_key::{Custody, SignError, SigningKey};
 
 use crate::config::Config;
 use crate::config::keysource::ResolvedKeySource;
 use callback::CallbackRegistry;
 use file::FileStamp;
-use parse::{KeyParseError, PrivateKey, parse_private_key};
+use parse::{KeyParseError, parse_private_key};
+use pkcs11::{Pkcs11Failure, Pkcs11Pool};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use transit::TransitFailure;
 use vault::{VaultFailure, VaultPool};
 
 /// Why a key could not be had. Names the source, never the key or a token.
@@ -40,6 +49,16 @@ pub enum KeyError {
     },
     #[error("{origin}: {reason}")]
     Callback { origin: String, reason: String },
+    #[error("{origin}: {failure}")]
+    Transit {
+        origin: String,
+        failure: TransitFailure,
+    },
+    #[error("{origin}: {failure}")]
+    Pkcs11 {
+        origin: String,
+        failure: Pkcs11Failure,
+    },
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -69,7 +88,7 @@ impl KeyError {
 /// The answer of a backend.
 pub(crate) enum Fetched {
     New {
-        key: Arc<PrivateKey>,
+        key: Arc<SigningKey>,
         stamp: Option<FileStamp>,
     },
     /// The file has the stamp it had when its cached key was read.
@@ -79,7 +98,9 @@ pub(crate) enum Fetched {
 /// Fetches and parses keys, without caching: that is [`cache::KeyCache`]'s job.
 pub struct Backends {
     require_safe_permissions: bool,
-    vault: VaultPool,
+    /// Shared with the Transit keys it made, which sign through its clients.
+    vault: Arc<VaultPool>,
+    pkcs11: Pkcs11Pool,
     callbacks: CallbackRegistry,
 }
 
@@ -87,7 +108,8 @@ impl Backends {
     pub fn new(config: &Config, registered: &CallbackRegistry) -> Self {
         Backends {
             require_safe_permissions: config.keys.files.require_safe_permissions,
-            vault: VaultPool::new(&config.keys.vault),
+            vault: Arc::new(VaultPool::new(&config.keys.vault)),
+            pkcs11: Pkcs11Pool::new(&config.keys.pkcs11),
             callbacks: registered.with_config(&config.keys.callbacks),
         }
     }
@@ -122,7 +144,10 @@ impl Backends {
                     .fetch(v)
                     .await
                     .map_err(|failure| KeyError::Vault {
-                        origin: self.vault_origin(v),
+                        origin: self.vault_origin(
+                            v.address.as_ref(),
+                            &format!("{}/{} field {}", v.mount, v.path, v.field),
+                        ),
                         failure,
                     })?;
                 return new_key(source, text.as_bytes(), None);
@@ -139,20 +164,94 @@ impl Backends {
                 let bytes = callback.fetch(args).await.map_err(|e| failed(e.0))?;
                 (bytes, None)
             }
+            ResolvedKeySource::Transit(t) => {
+                let key = transit::fetch(&self.vault, t)
+                    .await
+                    .map_err(|failure| self.transit_error(t, failure))?;
+                return Ok(Fetched::New {
+                    key: Arc::new(key),
+                    stamp: None,
+                });
+            }
+            ResolvedKeySource::Pkcs11(p) => {
+                let key =
+                    pkcs11::fetch(&self.pkcs11, p)
+                        .await
+                        .map_err(|failure| KeyError::Pkcs11 {
+                            origin: source.to_string(),
+                            failure,
+                        })?;
+                return Ok(Fetched::New {
+                    key: Arc::new(key),
+                    stamp: None,
+                });
+            }
         };
         new_key(source, &bytes, stamp)
     }
 
-    fn vault_origin(&self, v: &crate::config::keysource::VaultSource<String>) -> String {
+    /// Creates a key where it will stay (Transit, or a PKCS#11 token), for `keygen`: it
+    /// refuses a name already in use, and returns the key as the milter will sign with it.
+    pub async fn create_remote(
+        &self,
+        source: &ResolvedKeySource,
+        kind: generate::KeyKind,
+    ) -> Result<SigningKey, KeyError> {
+        use generate::KeyKind;
+        match source {
+            ResolvedKeySource::Transit(t) => {
+                let key_type = match kind {
+                    KeyKind::Rsa2048 => "rsa-2048",
+                    KeyKind::Rsa3072 => "rsa-3072",
+                    KeyKind::Ed25519 => "ed25519",
+                };
+                transit::create(&self.vault, t, key_type)
+                    .await
+                    .map_err(|failure| self.transit_error(t, failure))
+            }
+            ResolvedKeySource::Pkcs11(p) => {
+                let failed = |failure| KeyError::Pkcs11 {
+                    origin: source.to_string(),
+                    failure,
+                };
+                let generated = match kind {
+                    KeyKind::Rsa2048 => pkcs11::GeneratedKind::Rsa(2048),
+                    KeyKind::Rsa3072 => pkcs11::GeneratedKind::Rsa(3072),
+                    KeyKind::Ed25519 => pkcs11::GeneratedKind::Ed25519,
+                };
+                pkcs11::generate(&self.pkcs11, p, generated)
+                    .await
+                    .map_err(failed)?;
+                pkcs11::fetch(&self.pkcs11, p).await.map_err(failed)
+            }
+            _ => Err(KeyError::Internal(
+                "keys are created remotely only in Transit or a PKCS#11 token",
+            )),
+        }
+    }
+
+    fn transit_error(
+        &self,
+        t: &crate::config::keysource::TransitSource<String>,
+        failure: TransitFailure,
+    ) -> KeyError {
+        KeyError::Transit {
+            origin: self.vault_origin(
+                t.address.as_ref(),
+                &format!("transit {}/keys/{}", t.mount, t.key),
+            ),
+            failure,
+        }
+    }
+
+    /// "vault ADDRESS WHAT", for errors.
+    fn vault_origin(&self, address: Option<&String>, what: &str) -> String {
         format!(
-            "vault {} {}/{} field {}",
+            "vault {} {what}",
             self.vault
-                .address_for(v)
+                .address_for(address)
                 .as_deref()
                 .unwrap_or("(no address)"),
-            v.mount,
-            v.path,
-            v.field
         )
     }
 }

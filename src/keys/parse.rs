@@ -2,6 +2,8 @@
 //! plus the base64 forms of OpenDKIM's KeyTable (base64 DER) and dkimpy/rspamd (a raw Ed25519
 //! seed). The algorithm is detected from the key itself.
 
+use super::signing_key::SigningKey;
+use super::small_rsa::{MIN_SMALL_RSA_BITS, SmallRsaKey};
 use crate::config::Algo;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::KeyPair as _;
@@ -10,12 +12,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use mail_auth::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer};
-use std::fmt;
 use zeroize::Zeroizing;
-
-/// RFC 8301 §3.2 allows 1024-bit RSA keys but recommends 2048; aws-lc, our crypto backend, signs
-/// only with 2048 to 8192-bit keys, so smaller keys are refused with a clear reason.
-pub const MIN_RSA_BITS: usize = 2048;
 
 /// Why bytes are not a usable DKIM private key. Never contains key material.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -25,7 +22,7 @@ pub enum KeyParseError {
     #[error("unsupported key type {0} (DKIM signs with RSA or Ed25519)")]
     Unsupported(&'static str),
     #[error(
-        "RSA key is smaller than {MIN_RSA_BITS} bits, which the crypto backend (aws-lc) refuses to sign with; generate a new one with `signet-milter keygen --algo rsa2048`"
+        "RSA key is smaller than {MIN_SMALL_RSA_BITS} bits, which RFC 8301 forbids for DKIM (such keys can be factored); generate a new one with `signet-milter keygen --algo rsa2048`"
     )]
     RsaTooSmall,
     #[error("RSA key is larger than 8192 bits")]
@@ -36,63 +33,8 @@ pub enum KeyParseError {
     Invalid(String),
 }
 
-/// A parsed signing key, shared by every message signed with it.
-pub struct PrivateKey {
-    key: DkimKey,
-    algo: Algo,
-    rsa_bits: Option<usize>,
-    /// The `p=` value of the matching DNS record, base64.
-    public_key: String,
-}
-
-impl fmt::Debug for PrivateKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PrivateKey({})", self.describe())
-    }
-}
-
-impl PrivateKey {
-    pub fn dkim_key(&self) -> &DkimKey {
-        &self.key
-    }
-    pub fn algo(&self) -> Algo {
-        self.algo
-    }
-    pub fn rsa_bits(&self) -> Option<usize> {
-        self.rsa_bits
-    }
-    /// "rsa-2048" or "ed25519", for tables and logs.
-    pub fn describe(&self) -> String {
-        match self.rsa_bits {
-            Some(bits) => format!("rsa-{bits}"),
-            None => "ed25519".into(),
-        }
-    }
-    /// The TXT record value to publish at `selector._domainkey.domain`.
-    pub fn dns_record(&self) -> String {
-        let k = match self.algo {
-            Algo::RsaSha256 => "rsa",
-            Algo::Ed25519Sha256 => "ed25519",
-        };
-        format!("v=DKIM1; k={k}; p={}", self.public_key)
-    }
-    pub fn public_key_base64(&self) -> &str {
-        &self.public_key
-    }
-    /// Refuses the key when the configuration expects another algorithm.
-    pub fn check_algo(&self, configured: Option<Algo>) -> Result<(), KeyParseError> {
-        match configured {
-            Some(configured) if configured != self.algo => Err(KeyParseError::AlgorithmMismatch {
-                found: self.algo,
-                configured,
-            }),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// Parses a private key in any supported encoding.
-pub fn parse_private_key(bytes: &[u8]) -> Result<PrivateKey, KeyParseError> {
+pub fn parse_private_key(bytes: &[u8]) -> Result<SigningKey, KeyParseError> {
     let text = std::str::from_utf8(bytes).ok().map(str::trim);
     match text {
         Some(t) if t.starts_with("-----BEGIN") => {
@@ -123,7 +65,7 @@ pub fn parse_private_key(bytes: &[u8]) -> Result<PrivateKey, KeyParseError> {
 }
 
 /// DER of unknown kind: PKCS#8 first (either algorithm), then PKCS#1 (RSA only).
-fn from_raw_der(der: &[u8]) -> Result<PrivateKey, KeyParseError> {
+fn from_raw_der(der: &[u8]) -> Result<SigningKey, KeyParseError> {
     let pkcs8 = Zeroizing::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec())));
     match from_der(pkcs8) {
         Err(KeyParseError::NotAKey) => from_der(Zeroizing::new(PrivateKeyDer::Pkcs1(
@@ -133,20 +75,24 @@ fn from_raw_der(der: &[u8]) -> Result<PrivateKey, KeyParseError> {
     }
 }
 
-fn from_der(der: Zeroizing<PrivateKeyDer<'static>>) -> Result<PrivateKey, KeyParseError> {
+fn from_der(der: Zeroizing<PrivateKeyDer<'static>>) -> Result<SigningKey, KeyParseError> {
     match &*der {
         PrivateKeyDer::Pkcs1(pkcs1) => {
-            let pair = aws_lc_rs::rsa::KeyPair::from_der(pkcs1.secret_pkcs1_der())
-                .map_err(rsa_rejected)?;
-            rsa(pair, &der)
+            let bytes = pkcs1.secret_pkcs1_der();
+            match aws_lc_rs::rsa::KeyPair::from_der(bytes).map_err(rsa_rejected) {
+                Ok(pair) => rsa(pair, &der),
+                Err(KeyParseError::RsaTooSmall) => small_rsa(SmallRsaKey::from_pkcs1_der(bytes)?),
+                Err(e) => Err(e),
+            }
         }
         PrivateKeyDer::Pkcs8(pkcs8) => {
             let bytes = pkcs8.secret_pkcs8_der();
             match aws_lc_rs::rsa::KeyPair::from_pkcs8(bytes).map_err(rsa_rejected) {
                 Ok(pair) => return rsa(pair, &der),
-                Err(e @ (KeyParseError::RsaTooSmall | KeyParseError::RsaTooLarge)) => {
-                    return Err(e);
+                Err(KeyParseError::RsaTooSmall) => {
+                    return small_rsa(SmallRsaKey::from_pkcs8_der(bytes)?);
                 }
+                Err(e @ KeyParseError::RsaTooLarge) => return Err(e),
                 Err(_) => {}
             }
             if let Ok(pair) =
@@ -179,10 +125,16 @@ fn rsa_rejected(e: aws_lc_rs::error::KeyRejected) -> KeyParseError {
     }
 }
 
+/// aws-lc-rs refuses RSA under 2048 bits; 1024 to 2047 go to [`SmallRsaKey`].
+fn small_rsa(key: SmallRsaKey) -> Result<SigningKey, KeyParseError> {
+    let spki = key.public_key_spki_der()?;
+    Ok(SigningKey::small_rsa(key, BASE64.encode(spki)))
+}
+
 fn rsa(
     pair: aws_lc_rs::rsa::KeyPair,
     der: &PrivateKeyDer<'static>,
-) -> Result<PrivateKey, KeyParseError> {
+) -> Result<SigningKey, KeyParseError> {
     let bits = pair.public_modulus_len() * 8;
     let spki = pair
         .public_key()
@@ -190,24 +142,18 @@ fn rsa(
         .map_err(|_| KeyParseError::Invalid("cannot encode the RSA public key".into()))?;
     let key = RsaKey::<Sha256>::from_key_der(der.clone_key())
         .map_err(|e| KeyParseError::Invalid(e.to_string()))?;
-    Ok(PrivateKey {
-        key: DkimKey::Rsa(key),
-        algo: Algo::RsaSha256,
-        rsa_bits: Some(bits),
-        public_key: BASE64.encode(spki.as_ref()),
-    })
+    Ok(SigningKey::in_memory(
+        DkimKey::Rsa(key),
+        Some(bits),
+        BASE64.encode(spki.as_ref()),
+    ))
 }
 
-fn ed25519(key: Ed25519Key, public: &[u8]) -> PrivateKey {
-    PrivateKey {
-        key: DkimKey::Ed25519(key),
-        algo: Algo::Ed25519Sha256,
-        rsa_bits: None,
-        public_key: BASE64.encode(public),
-    }
+fn ed25519(key: Ed25519Key, public: &[u8]) -> SigningKey {
+    SigningKey::in_memory(DkimKey::Ed25519(key), None, BASE64.encode(public))
 }
 
-fn from_ed25519_seed(seed: &[u8]) -> Result<PrivateKey, KeyParseError> {
+fn from_ed25519_seed(seed: &[u8]) -> Result<SigningKey, KeyParseError> {
     let pair = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(seed)
         .map_err(|_| KeyParseError::NotAKey)?;
     let public = pair.public_key().as_ref().to_vec();
@@ -327,6 +273,6 @@ mod tests {
     fn debug_output_has_no_key_material() {
         let generated = generate(KeyKind::Ed25519).unwrap();
         let shown = format!("{:?}", generated.key);
-        assert_eq!(shown, "PrivateKey(ed25519)");
+        assert_eq!(shown, "SigningKey(ed25519)");
     }
 }

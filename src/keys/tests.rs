@@ -304,13 +304,55 @@ async fn errors_name_the_source_and_never_the_key() {
 }
 
 #[tokio::test]
-async fn small_rsa_keys_are_refused() {
+async fn rsa_keys_below_1024_bits_are_refused() {
     let pem = include_bytes!("../../tests/fixtures/rsa512-insecure-test-only.pem");
     let data = ResolvedKeySource::Data(KeyData::new(pem.to_vec()));
     let err = cache_with("", None).0.get(&data).await.unwrap_err();
     assert!(
         err.to_string()
-            .contains("RSA key is smaller than 2048 bits"),
+            .contains("RSA key is smaller than 1024 bits, which RFC 8301 forbids"),
         "{err}"
     );
+}
+
+/// RSA-1024 (the test fixture), as PKCS#1 and as PKCS#8: parsed by AWS-LC's C API, signed, and
+/// the signature checked against the public key it reports, with aws-lc-rs's verifier.
+#[tokio::test]
+async fn rsa_1024_keys_sign_with_a_warning() {
+    use aws_lc_rs::signature::{RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, UnparsedPublicKey};
+    use base64::Engine as _;
+    let pkcs1 = include_bytes!("../../tests/fixtures/rsa1024-test-only.pem");
+    let pkcs1_key = crate::keys::parse::parse_private_key(pkcs1).unwrap();
+    // The same key after `openssl pkcs8 -topk8 -nocrypt`.
+    let pkcs8 = include_bytes!("../../tests/fixtures/rsa1024-pkcs8-test-only.pem");
+    let pkcs8_key = crate::keys::parse::parse_private_key(pkcs8).unwrap();
+    assert_eq!(pkcs1_key.public_key_base64(), pkcs8_key.public_key_base64());
+    for key in [pkcs1_key, pkcs8_key] {
+        assert_eq!(key.describe(), "rsa-1024");
+        assert_eq!(key.custody(), crate::keys::Custody::Memory);
+        assert!(key.weakness().unwrap().contains("RSA-1024"));
+        let key = Arc::new(key);
+        let data = b"from:a@example.com\r\ndkim-signature:v=1; b=".to_vec();
+        let signature = key.sign(data.clone()).await.unwrap();
+        assert_eq!(signature.len(), 128);
+        let spki = base64::engine::general_purpose::STANDARD
+            .decode(key.public_key_base64())
+            .unwrap();
+        // The SubjectPublicKeyInfo ends with the RSAPublicKey the verifier wants.
+        let rsa_public = &spki[spki.len() - 140..];
+        assert_eq!(rsa_public[0], 0x30);
+        UnparsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, rsa_public)
+            .verify(&data, &signature)
+            .expect("the RSA-1024 signature verifies");
+        let tampered = b"from:b@example.com\r\ndkim-signature:v=1; b=";
+        assert!(
+            UnparsedPublicKey::new(&RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, rsa_public)
+                .verify(tampered, &signature)
+                .is_err()
+        );
+    }
+    let rsa2048 = crate::keys::generate::generate(crate::keys::generate::KeyKind::Rsa2048)
+        .unwrap()
+        .key;
+    assert_eq!(rsa2048.weakness(), None);
 }

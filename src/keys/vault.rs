@@ -15,6 +15,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -92,13 +93,17 @@ impl VaultPool {
         }
     }
 
-    /// The address a source's requests go to, for messages.
-    pub(crate) fn address_for(&self, source: &VaultSource<String>) -> Option<String> {
-        source
-            .address
-            .clone()
+    /// The address requests go to: the key source's own, else `[vault] address`, else
+    /// `VAULT_ADDR`.
+    pub(crate) fn address_for(&self, own: Option<&String>) -> Option<String> {
+        own.cloned()
             .or_else(|| self.settings.address.clone())
             .or_else(|| self.env_address.clone())
+    }
+
+    /// The `[vault]` settings these clients were made from.
+    pub(crate) fn settings(&self) -> &VaultSettings {
+        &self.settings
     }
 
     /// Reads the source's secret and returns its key field.
@@ -106,22 +111,43 @@ impl VaultPool {
         &self,
         source: &VaultSource<String>,
     ) -> Result<Zeroizing<String>, VaultFailure> {
-        let address = self.address_for(source).ok_or(VaultFailure::NoAddress)?;
-        let session = self.session(address, source.token.clone())?;
         let kv = source
             .kv_version
             .or(self.settings.kv_version)
             .unwrap_or(KvVersion::V2);
-        let client = session.client().await?;
-        let data = match read(&client, kv, source).await {
-            Err(VaultFailure::PermissionDenied) if session.can_login_again() => {
-                // The token may have been revoked or rotated: one new login, one retry.
-                let client = session.login(Some(&client)).await?;
-                read(&client, kv, source).await?
-            }
-            other => other?,
-        };
+        let data = self
+            .call(source.address.as_ref(), source.token.as_ref(), |client| {
+                let source = source.clone();
+                async move { read(&client, kv, &source).await }
+            })
+            .await?;
         take_field(data, &source.field)
+    }
+
+    /// Runs `request` with a logged-in client for the address and token a key source sets
+    /// (else `[vault]`'s). When Vault refuses the token (403) and the auth can log in again
+    /// (token file, AppRole), logs in once more and retries once: the token may have been
+    /// revoked or rotated.
+    pub(crate) async fn call<T, F, R>(
+        &self,
+        address: Option<&String>,
+        token: Option<&VaultToken>,
+        request: F,
+    ) -> Result<T, VaultFailure>
+    where
+        F: Fn(Arc<VaultClient>) -> R,
+        R: Future<Output = Result<T, VaultFailure>>,
+    {
+        let address = self.address_for(address).ok_or(VaultFailure::NoAddress)?;
+        let session = self.session(address, token.cloned())?;
+        let client = session.client().await?;
+        match request(client.clone()).await {
+            Err(VaultFailure::PermissionDenied) if session.can_login_again() => {
+                let client = session.login(Some(&client)).await?;
+                request(client).await
+            }
+            other => other,
+        }
     }
 
     fn session(
@@ -370,6 +396,14 @@ async fn read(
         KvVersion::V1 => vaultrs::kv1::get(client, &source.mount, &source.path).await,
     };
     result.map_err(|e| classify(e, timeout))
+}
+
+/// What went wrong with a request `client` made, without any response body or token.
+pub(crate) fn request_failure(client: &VaultClient, error: ClientError) -> VaultFailure {
+    classify(
+        error,
+        client.settings.timeout.unwrap_or(DEFAULT_VAULT_TIMEOUT),
+    )
 }
 
 fn take_field(

@@ -6,6 +6,7 @@
 pub mod dns;
 pub mod fake_vault;
 pub mod openbao;
+pub mod softhsm;
 
 use arc_swap::ArcSwap;
 use indymilter::{Actions, MacroStage, ProtoOpts};
@@ -323,4 +324,124 @@ pub async fn assert_verifies(raw: &[u8], keys: &Path, expect: &[(&str, &str)]) {
     }
     let (ok, report) = verify_dkimpy(raw, keys, expect);
     assert!(ok, "dkimpy verification failed:\n{report}");
+}
+
+/// Writes `keys/DOMAIN/SELECTOR.dns`, the TXT record the verifiers look up.
+pub fn publish(keys_dir: &Path, domain: &str, selector: &str, record: &str) {
+    let dir = keys_dir.join(domain);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{selector}.dns")), format!("{record}\n")).unwrap();
+}
+
+/// OpenDKIM's libopendkim verifier (tests/e2e/opendkim_verify.c), built once per test run
+/// against the installed library (Debian's libopendkim-dev).
+fn opendkim_verifier() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("opendkim_verify");
+            // Built under a name of its own, then renamed: test binaries run in parallel.
+            let partial = out.with_extension(format!("{}", std::process::id()));
+            let flags = std::process::Command::new("pkg-config")
+                .args(["--cflags", "--libs", "opendkim"])
+                .output()
+                .expect("pkg-config (and libopendkim-dev) must be installed");
+            assert!(flags.status.success(), "pkg-config opendkim failed");
+            let flags = String::from_utf8(flags.stdout).unwrap();
+            let status = std::process::Command::new("cc")
+                .args(["-O1", "-Wall", "-Werror", "-o"])
+                .arg(&partial)
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/e2e/opendkim_verify.c"
+                ))
+                .args(flags.split_whitespace())
+                .status()
+                .expect("cc must be installed");
+            assert!(status.success(), "building opendkim_verify failed");
+            std::fs::rename(&partial, &out).unwrap();
+            out
+        })
+        .clone()
+}
+
+/// libopendkim's verdict over every `DIR/domain/selector.dns` in `keys`: passes when every
+/// signature verifies; the report lists them.
+pub fn verify_opendkim(raw: &[u8], keys: &Path) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = String::new();
+    for domain in std::fs::read_dir(keys).unwrap() {
+        let domain = domain.unwrap();
+        for file in std::fs::read_dir(domain.path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "dns") {
+                let selector = path.file_stem().unwrap().to_string_lossy().into_owned();
+                let record = std::fs::read_to_string(&path).unwrap();
+                table.push_str(&format!(
+                    "{selector}._domainkey.{} {}\n",
+                    domain.file_name().to_string_lossy(),
+                    record.trim()
+                ));
+            }
+        }
+    }
+    std::fs::write(dir.path().join("keytable"), table).unwrap();
+    std::fs::write(dir.path().join("message"), raw).unwrap();
+    let out = std::process::Command::new(opendkim_verifier())
+        .arg(dir.path().join("keytable"))
+        .arg(dir.path().join("message"))
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
+/// mail-auth, dkimpy and libopendkim all pass every signature, and the expected ones exist.
+pub async fn assert_verifies_everywhere(raw: &[u8], keys: &Path, expect: &[(&str, &str)]) {
+    assert_verifies(raw, keys, expect).await;
+    let (ok, report) = verify_opendkim(raw, keys);
+    assert!(ok, "libopendkim verification failed:\n{report}");
+    for (d, s) in expect {
+        assert!(
+            report.contains(&format!("d={d} s={s} ")),
+            "libopendkim did not see d={d} s={s}:\n{report}"
+        );
+    }
+}
+
+/// A DKIM-Signature value with its varying parts (`t=`, `bh=`, `b=`) masked, whitespace and
+/// folding kept: two signatures of the same shape compare equal.
+pub fn signature_shape(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(pos) = rest.find(['t', 'b']) {
+        let (before, at) = rest.split_at(pos);
+        out.push_str(before);
+        let tag = ["t=", "bh=", "b="].into_iter().find(|t| {
+            at.starts_with(t) && (before.is_empty() || before.ends_with([' ', ';', '\t', '\n']))
+        });
+        match tag {
+            Some(tag) => {
+                out.push_str(tag);
+                let value = &at[tag.len()..];
+                let end = value.find(';').unwrap_or(value.len());
+                out.extend(value[..end].chars().map(
+                    |c| {
+                        if c.is_ascii_whitespace() { c } else { 'x' }
+                    },
+                ));
+                rest = &value[end..];
+            }
+            None => {
+                out.push_str(&at[..1]);
+                rest = &at[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }

@@ -33,15 +33,21 @@ impl OpenBao {
     /// A fresh dev server, or `None` (with a message) when `SIGNET_SKIP_OPENBAO=1` and no
     /// binary is installed. Without that variable a missing binary fails the test.
     pub fn start() -> Option<Self> {
-        Self::start_with(false)
+        Self::start_with(false, None)
     }
 
     /// A dev server on HTTPS, with a certificate from its own throwaway CA.
     pub fn start_tls() -> Option<Self> {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
-    fn start_with(tls: bool) -> Option<Self> {
+    /// A dev server that writes every request and response to the audit log `path` (OpenBao
+    /// allows audit devices only in its configuration file, not through the API).
+    pub fn start_audited(path: &std::path::Path) -> Option<Self> {
+        Self::start_with(false, Some(path))
+    }
+
+    fn start_with(tls: bool, audit: Option<&std::path::Path>) -> Option<Self> {
         let Some(binary) = binary() else {
             if std::env::var_os("SIGNET_SKIP_OPENBAO").is_some_and(|v| v == "1") {
                 eprintln!("SKIPPED: no OpenBao `bao` binary and SIGNET_SKIP_OPENBAO=1");
@@ -65,6 +71,18 @@ impl OpenBao {
             format!("-dev-root-token-id={ROOT_TOKEN}"),
             format!("-dev-listen-address=127.0.0.1:{port}"),
         ];
+        if let Some(audit) = audit {
+            let config = dir.path().join("audit.hcl");
+            std::fs::write(
+                &config,
+                format!(
+                    "audit \"file\" \"signet\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                    audit.display()
+                ),
+            )
+            .unwrap();
+            args.push(format!("-config={}", config.display()));
+        }
         if tls {
             args.push("-dev-tls".into());
             args.push(format!("-dev-tls-cert-dir={}", dir.path().display()));
