@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::dns::{Named, Zone};
 use common::openbao::{OpenBao, ROOT_TOKEN};
 use common::{
     Message, TestMilter, assert_verifies_everywhere, loopback, publish, send, signature_shape,
@@ -544,86 +545,6 @@ fn transit_sources_load_without_a_server() {
     let _ = Runtime::new(config);
 }
 
-/// BIND 9 `named` in the foreground on 127.0.0.1 (an ephemeral port, UDP and TCP), serving
-/// `example.com` from a zone file in a temporary directory; stopped (by its PID) on drop.
-struct Named {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Named {
-    fn start(records: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = loop {
-            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            let port = udp.local_addr().unwrap().port();
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                break port;
-            }
-        };
-        let mut zone = String::from(
-            "$TTL 60\n@ IN SOA ns.example.com. hostmaster.example.com. 1 60 60 60 60\n@ IN NS ns.example.com.\nns IN A 127.0.0.1\n",
-        );
-        for (name, value) in records {
-            // A TXT string holds at most 255 bytes: long records are split, as in real zones.
-            let strings: Vec<String> = value
-                .as_bytes()
-                .chunks(255)
-                .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
-                .collect();
-            zone.push_str(&format!("{name} IN TXT ( {} )\n", strings.join(" ")));
-        }
-        std::fs::write(dir.path().join("example.com.zone"), zone).unwrap();
-        let d = dir.path().display();
-        std::fs::write(
-            dir.path().join("named.conf"),
-            format!(
-                "options {{ directory \"{d}\"; pid-file \"{d}/named.pid\"; listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; recursion no; dnssec-validation no; }};\n\
-                 controls {{ }};\nzone \"example.com\" {{ type primary; file \"{d}/example.com.zone\"; }};\n"
-            ),
-        )
-        .unwrap();
-        let mut child = std::process::Command::new("/usr/sbin/named")
-            .args(["-g", "-c"])
-            .arg(dir.path().join("named.conf"))
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("BIND 9 (apt-get install bind9)");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        loop {
-            match rx.recv_timeout(std::time::Duration::from_secs(30)) {
-                Ok(line) if line.contains("running") => break,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("named did not start:\n{}", seen.join("\n")),
-            }
-        }
-        Named {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `check --dns` compares what DNS publishes (a real authoritative server) with the public
 /// keys Transit reports: both keys match, an old record left at a third selector does not.
 #[test]
@@ -634,11 +555,14 @@ fn check_dns_compares_dns_with_the_public_keys_in_transit() {
     let rsa = transit.create_key("dkim-rsa", "rsa-2048");
     let ed = transit.create_key("dkim-ed", "ed25519");
     transit.create_key("dkim-rotated", "ed25519");
-    let named = Named::start(&[
-        ("rsa._domainkey", &rsa),
-        ("ed._domainkey", &ed),
-        ("rotated._domainkey", &ed),
-    ]);
+    let named = Named::builder()
+        .zone(
+            Zone::new("example.com")
+                .txt("rsa._domainkey", &rsa)
+                .txt("ed._domainkey", &ed)
+                .txt("rotated._domainkey", &ed),
+        )
+        .start();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("signet-milter.toml");
     std::fs::write(
@@ -666,7 +590,7 @@ key = {{ transit_key = "dkim-{{selector}}" }}
         .arg("--config")
         .arg(&config)
         .args(["check", "--dns", "--dns-server"])
-        .arg(format!("127.0.0.1:{}", named.port))
+        .arg(named.addr().to_string())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
