@@ -1,8 +1,15 @@
-//! Does every configured signature have a usable key right now? Used by `check` and at startup.
+//! Does every configured signature have a usable key right now? Used by `check` (every key
+//! loaded, on every core) and after startup ([`crate::keys::warm`]).
 
-use crate::config::{SignerTemplate, SigningDomain};
+use crate::config::keysource::ResolvedKeySource;
+use crate::config::{Algo, SignerTemplate, SigningDomain};
 use crate::runtime::Runtime;
+use futures_util::StreamExt as _;
 use std::sync::Arc;
+
+/// Keys loaded at once by `check`: parsing runs on the blocking pool, so this keeps every core
+/// busy, and it overlaps as many Vault or callback round trips.
+pub const CHECK_CONCURRENCY: usize = 64;
 
 /// The state of one configured signature's key.
 pub struct KeyStatus {
@@ -18,8 +25,21 @@ pub struct KeyStatus {
     pub status: Result<&'static str, String>,
 }
 
-/// Resolves every entry's key through the runtime's key store (which also warms its cache).
-pub async fn key_statuses(runtime: &Runtime) -> Vec<KeyStatus> {
+/// One configured signature whose key can be tried now.
+pub struct KeyCheck {
+    pub entry: String,
+    pub domain: String,
+    pub selector: String,
+    /// `None`: the key is resolved per author domain (a wildcard entry whose key names
+    /// `{domain}`), so there is nothing to try before a message comes.
+    pub source: Option<ResolvedKeySource>,
+    /// Shown where the source is per message.
+    pub shown_source: String,
+    pub algo: Option<Algo>,
+}
+
+/// Every configured signature, in table order.
+pub fn key_checks(runtime: &Runtime) -> Vec<KeyCheck> {
     let table = &runtime.config.signing;
     let entries: Vec<(&str, &Arc<SignerTemplate>)> = table
         .domain_entries()
@@ -43,32 +63,50 @@ pub async fn key_statuses(runtime: &Runtime) -> Vec<KeyStatus> {
             domain.as_str()
         };
         let source = template.key.resolve(shown_domain, &selector);
-        if per_message && template.key.depends_on_domain() {
-            out.push(KeyStatus {
-                entry,
-                domain,
-                selector,
-                source: source.to_string(),
-                algorithm: template.algo.map_or("-".into(), |a| a.to_string()),
-                status: Ok("resolved per author domain"),
-            });
-            continue;
-        }
-        let (algorithm, status) = match runtime.keys.get(&source).await {
-            Ok(key) => match key.check_algo(template.algo) {
+        let shown_source = source.to_string();
+        let source = (!(per_message && template.key.depends_on_domain())).then_some(source);
+        out.push(KeyCheck {
+            entry,
+            domain,
+            selector,
+            source,
+            shown_source,
+            algo: template.algo,
+        });
+    }
+    out
+}
+
+/// Resolves every entry's key through the runtime's key store (which also warms its cache),
+/// [`CHECK_CONCURRENCY`] at a time; the statuses come back in table order.
+pub async fn key_statuses(runtime: &Runtime) -> Vec<KeyStatus> {
+    futures_util::stream::iter(key_checks(runtime))
+        .map(|check| key_status(runtime, check))
+        .buffered(CHECK_CONCURRENCY)
+        .collect()
+        .await
+}
+
+async fn key_status(runtime: &Runtime, check: KeyCheck) -> KeyStatus {
+    let (algorithm, status) = match &check.source {
+        None => (
+            check.algo.map_or("-".into(), |a| a.to_string()),
+            Ok("resolved per author domain"),
+        ),
+        Some(source) => match runtime.keys.get(source).await {
+            Ok(key) => match key.check_algo(check.algo) {
                 Ok(()) => (key.describe(), Ok("ok")),
                 Err(e) => (key.describe(), Err(e.to_string())),
             },
             Err(e) => ("-".into(), Err(e.to_string())),
-        };
-        out.push(KeyStatus {
-            entry,
-            domain,
-            selector,
-            source: source.to_string(),
-            algorithm,
-            status,
-        });
+        },
+    };
+    KeyStatus {
+        entry: check.entry,
+        domain: check.domain,
+        selector: check.selector,
+        source: check.shown_source,
+        algorithm,
+        status,
     }
-    out
 }

@@ -2,6 +2,7 @@
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::keys::generate::{KeyKind, generate, write_key_files, zone_record};
+use crate::keys::warm::Warming;
 use crate::policy::{self, ClientAddr, Origin};
 use crate::runtime::{Environment, Runtime};
 use crate::server;
@@ -86,7 +87,12 @@ pub fn main() -> ExitCode {
 pub fn main_with(env: Environment) -> ExitCode {
     let cli = Cli::parse();
     let env = Arc::new(env);
-    let result = match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    let result = match command {
+        Command::Keygen { .. } | Command::Man { .. } => Ok(()),
+        _ => crate::config::check_environment().map_err(anyhow::Error::msg),
+    }
+    .and_then(|()| match command {
         Command::Run => run(&cli.config, env),
         Command::Check { dns, dns_server } => check(&cli.config, env, dns.then_some(dns_server)),
         Command::Sign { client_ip, auth } => sign(&cli.config, env, client_ip, auth),
@@ -99,14 +105,41 @@ pub fn main_with(env: Environment) -> ExitCode {
         Command::Man { out } => crate::manpage::write_pages(Cli::command(), &out)
             .map(|_| ExitCode::SUCCESS)
             .with_context(|| format!("cannot write the manual pages into {}", out.display())),
-    };
+    });
     match result {
         Ok(code) => code,
+        // The reader went away (`check | head -1`): stop quietly, as a program killed by
+        // SIGPIPE would, without a message nobody reads.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
-            eprintln!("signet-milter: {e:#}");
+            // Not eprintln!: it panics when stderr is closed.
+            let _ = writeln!(std::io::stderr(), "signet-milter: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// A line of command output on stdout; an error (a closed stdout, a reader that went away)
+/// ends the command instead of panicking as `println!` does.
+/// A line for the person at the terminal on stderr; a closed stderr is no reason to fail.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*).context("cannot write to stdout")?
+    };
 }
 
 fn runtime_builder() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -133,14 +166,16 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     if config.signing.is_empty() {
         tracing::warn!("no [domain] or [signature] entries: nothing will be signed");
     }
+    check_open_file_limit(config.milter.max_connections);
+    env.metrics
+        .set_per_domain_series(config.metrics.per_domain_series);
     let runtime = Runtime::with_environment(config, env);
+    // The parsed TOML document is gone: give its memory back (it can be hundreds of MiB for a
+    // large signing table).
+    crate::memory::release_free_memory();
     runtime_builder()?.block_on(async move {
-        // Load every key once at startup: problems show in the log now, not on the first message.
-        for status in crate::check::key_statuses(&runtime).await {
-            if let Err(e) = &status.status {
-                tracing::warn!(entry = %status.entry, "key not usable yet: {e}");
-            }
-        }
+        // Serve first: no key is fetched before the socket is bound, so a hung key backend
+        // cannot keep the milter from starting (keys are warmed in the background below).
         let listener = server::bind(&runtime.config.milter).await?;
         let listen = runtime.config.milter.listen.clone();
         let metrics = runtime.env.metrics.clone();
@@ -150,10 +185,14 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
             tracing::info!(listen = %addr, "metrics at /metrics, health at /healthz");
         }
         let shared = Arc::new(ArcSwap::from_pointee(runtime));
-        server::spawn_reload_on_sighup(config_path.to_owned(), shared.clone())?;
+        let warming = Arc::new(Warming::default());
+        server::spawn_reload_on_sighup(config_path.to_owned(), shared.clone(), warming.clone())?;
         tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), "signet-milter listening");
-        crate::notify::ready(&format!("listening on {listen}"));
+        // READY=1 means: the socket accepts and the configuration is in force. Keys still
+        // warming or failing do not hold it back; their messages get on_error.
+        crate::notify::ready(&format!("listening on {listen}; checking keys"));
         metrics.set_ready(true);
+        warming.restart(shared.load_full(), server::warmed);
         let stopping = {
             let metrics = metrics.clone();
             async move {
@@ -167,6 +206,24 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Raises the open-file limit as far as allowed and says when `max_connections` cannot be
+/// reached within it (accepting then waits for descriptors instead).
+fn check_open_file_limit(max_connections: usize) {
+    match crate::connections::raise_open_file_limit() {
+        Ok(limit) => {
+            let room = limit.saturating_sub(crate::connections::RESERVED_FDS);
+            if (max_connections as u64) > room {
+                tracing::warn!(
+                    max_connections,
+                    open_file_limit = limit,
+                    "the open-file limit allows only about {room} connections, fewer than [milter] max_connections: raise LimitNOFILE (ulimit -n) or lower max_connections"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
 /// `dns`: `None` for no DNS check, `Some(None)` for the system's resolvers.
 fn check(
     config_path: &Path,
@@ -174,15 +231,15 @@ fn check(
     dns: Option<Option<SocketAddr>>,
 ) -> anyhow::Result<ExitCode> {
     let config = load(config_path, &env)?;
-    println!("{}: configuration ok", config_path.display());
+    say!("{}: configuration ok", config_path.display());
     for w in &config.signing.warnings {
-        println!("warning: {w}");
+        say!("warning: {w}");
     }
     let runtime = Runtime::with_environment(config, env);
     let tokio = runtime_builder()?;
     let statuses = tokio.block_on(crate::check::key_statuses(&runtime));
     if statuses.is_empty() {
-        println!("no signing entries: nothing will be signed");
+        say!("no signing entries: nothing will be signed");
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<[String; 5]> = statuses
@@ -203,10 +260,10 @@ fn check(
     print_table(
         &["DOMAIN", "SELECTOR", "ALGORITHM", "SOURCE", "STATUS"],
         &rows,
-    );
+    )?;
     let failed = statuses.iter().filter(|s| s.status.is_err()).count();
     if failed > 0 {
-        println!("{failed} of {} keys not usable", statuses.len());
+        say!("{failed} of {} keys not usable", statuses.len());
     }
     let dns_ok = match dns {
         Some(server) => tokio.block_on(check_dns(&runtime, server))?,
@@ -224,22 +281,22 @@ async fn check_dns(runtime: &Runtime, server: Option<SocketAddr>) -> anyhow::Res
     let resolver = crate::dns_check::resolver(server).map_err(anyhow::Error::msg)?;
     let published = crate::dns_check::check_published_keys(runtime, &resolver).await;
     let asked = server.map_or("the system's resolvers".to_string(), |s| s.to_string());
-    println!();
-    println!("DNS ({asked}):");
+    say!();
+    say!("DNS ({asked}):");
     let rows: Vec<[String; 3]> = published
         .iter()
         .map(|p| [p.name(), p.entry.clone(), p.status.to_string()])
         .collect();
-    print_table(&["NAME", "ENTRY", "PUBLISHED KEY"], &rows);
+    print_table(&["NAME", "ENTRY", "PUBLISHED KEY"], &rows)?;
     let problems: Vec<_> = published.iter().filter(|p| p.status.is_problem()).collect();
     for p in &problems {
         if let (Some(key), true) = (&p.key, p.status.wants_record()) {
-            println!("publish for {}:", p.name());
-            println!("  {}", zone_record(&p.domain, &p.selector, key));
+            say!("publish for {}:", p.name());
+            say!("  {}", zone_record(&p.domain, &p.selector, key));
         }
     }
     if !problems.is_empty() {
-        println!(
+        say!(
             "{} of {} DNS records not right",
             problems.len(),
             published.len()
@@ -255,28 +312,33 @@ fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("\"{text}\" is not an IP address or IP:PORT"))
 }
 
-fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> anyhow::Result<()> {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; N]| {
-        let mut out = String::new();
+    let mut out = String::new();
+    let mut line = |cells: [&str; N]| {
+        let mut text = String::new();
         for (i, cell) in cells.iter().enumerate() {
             if i == N - 1 {
-                out.push_str(cell);
+                text.push_str(cell);
             } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        out.push_str(text.trim_end());
+        out.push('\n');
     };
     line(*header);
     for row in rows {
         line(row.each_ref().map(String::as_str));
     }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("cannot write to stdout")
 }
 
 fn sign(
@@ -300,7 +362,7 @@ fn sign(
     let runtime = Arc::new(Runtime::with_environment(config, env));
     let mut stdout = std::io::stdout().lock();
     let Some(trust) = policy::may_sign(&runtime.config.milter, &origin) else {
-        eprintln!(
+        note!(
             "not signed: client {} is neither trusted nor authenticated",
             origin.client
         );
@@ -316,7 +378,7 @@ fn sign(
     match decision {
         HeadersDecision::Sign => {}
         HeadersDecision::Skip(reason) => {
-            eprintln!("not signed ({trust}): {reason}");
+            note!("not signed ({trust}): {reason}");
             stdout.write_all(&raw)?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -330,7 +392,7 @@ fn sign(
         bail!("not signed: {failure}");
     }
     for failure in &outcome.accepted_failures {
-        eprintln!("signature left out: {failure}");
+        note!("signature left out: {failure}");
     }
     let eol: &str = if message.uses_crlf { "\r\n" } else { "\n" };
     // Each signature goes on top, as the milter inserts them at index 0.
@@ -350,11 +412,11 @@ fn keygen(kind: KeyKind, domain: &str, selector: &str, out: &Path) -> anyhow::Re
     let generated = generate(kind)?;
     let (key_path, dns_path) = write_key_files(out, &domain, selector, &generated)
         .with_context(|| format!("cannot write the key under {}", out.display()))?;
-    eprintln!("private key: {} (mode 0600)", key_path.display());
-    eprintln!(
+    note!("private key: {} (mode 0600)", key_path.display());
+    note!(
         "DNS record:  {} (publish it before signing with this selector)",
         dns_path.display()
     );
-    println!("{}", zone_record(&domain, selector, &generated.key));
+    say!("{}", zone_record(&domain, selector, &generated.key));
     Ok(ExitCode::SUCCESS)
 }

@@ -7,10 +7,12 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod dns_check;
 pub mod keys;
 pub mod logging;
 pub mod manpage;
+pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod milter;

@@ -37,3 +37,8 @@ fn send(states: &[NotifyState]) {
         warn!("cannot notify systemd: {e}");
     }
 }
+
+/// What the daemon is doing, for `systemctl status` (without changing its state).
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}

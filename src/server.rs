@@ -1,6 +1,8 @@
 //! Listening for the MTA: unix or TCP socket, signals for reload and shutdown.
 
-use crate::config::{ListenAddr, MilterSettings};
+use crate::config::{Config, ListenAddr, MilterSettings};
+use crate::connections::{Connections, Limited};
+use crate::keys::warm::Warming;
 use crate::milter;
 use crate::notify;
 use crate::reply_batch::Batched;
@@ -163,17 +165,23 @@ pub async fn serve(
     runtime: Arc<ArcSwap<Runtime>>,
     shutdown: impl Future,
 ) -> io::Result<()> {
-    let settings = runtime.load().config.milter.clone();
+    let (settings, metrics) = {
+        let current = runtime.load();
+        (current.config.milter.clone(), current.env.metrics.clone())
+    };
     let config = indymilter::Config {
-        max_connections: settings.max_connections,
+        // `Limited` applies `max_connections` itself: the library's own limit would stop
+        // calling accept at the limit, and an idle connection could not be closed for a new one.
+        max_connections: usize::MAX >> 4,
         ..Default::default()
     };
+    let connections = Connections::new(settings.max_connections, settings.idle_timeout, metrics);
     let in_flight = milter::MessagesInFlight::default();
     let BoundListener { listener, socket } = listener;
     let (stop_accepting, accepting_stopped) = oneshot::channel();
     let listener = StopAccepting {
         // Batched: one write for all of an end-of-message's replies.
-        inner: Some(Batched(listener)),
+        inner: Some(Batched(Limited::new(listener, connections))),
         stop: accepting_stopped,
     };
     let drained = {
@@ -233,13 +241,20 @@ impl<L: Listener> Listener for StopAccepting<L> {
 }
 
 /// Re-reads the configuration on every SIGHUP. A bad new file is logged and the running one
-/// stays; messages already under way finish with the rules they started with.
-pub fn spawn_reload_on_sighup(path: PathBuf, runtime: Arc<ArcSwap<Runtime>>) -> io::Result<()> {
+/// stays; messages already under way finish with the rules they started with. The keys of the
+/// new configuration are warmed in the background (`warming`).
+pub fn spawn_reload_on_sighup(
+    path: PathBuf,
+    runtime: Arc<ArcSwap<Runtime>>,
+    warming: Arc<Warming>,
+) -> io::Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             notify::reloading();
-            let status = if reload(&path, &runtime) {
+            let status = if reload(&path, &runtime).await {
+                let current = runtime.load_full();
+                warming.restart(current, warmed);
                 "configuration reloaded"
             } else {
                 "reload failed; the previous configuration is in use"
@@ -250,23 +265,36 @@ pub fn spawn_reload_on_sighup(path: PathBuf, runtime: Arc<ArcSwap<Runtime>>) -> 
     Ok(())
 }
 
+/// Logs and reports (systemd STATUS) how a warm-up pass ended.
+pub fn warmed(report: crate::keys::warm::WarmReport) {
+    info!(
+        ok = report.ok,
+        failed = report.failed,
+        skipped = report.skipped,
+        "keys checked"
+    );
+    notify::status(&format!("serving; {report}"));
+    crate::memory::release_free_memory();
+}
+
 /// Loads `path` and swaps it in; returns whether it did.
-pub fn reload(path: &Path, runtime: &ArcSwap<Runtime>) -> bool {
+pub async fn reload(path: &Path, runtime: &ArcSwap<Runtime>) -> bool {
     let current = runtime.load_full();
-    match current.reload(path) {
+    match current.reload(path).await {
         Ok(new) => {
-            if new.config.milter.listen != current.config.milter.listen {
-                warn!("the listen address changed; it takes effect at the next restart");
-            }
-            if new.config.metrics != current.config.metrics {
-                warn!("[metrics] changed; it takes effect at the next restart");
+            for setting in needing_restart(&current.config, &new.config) {
+                warn!("{setting} changed; the change takes effect at the next restart");
             }
             for w in &new.config.signing.warnings {
                 warn!("{w}");
             }
             runtime.store(Arc::new(new));
+            drop(current);
             info!(config = %path.display(), "configuration reloaded");
-            current.env.metrics.reload(true);
+            runtime.load().env.metrics.reload(true);
+            // The old configuration is gone once the messages under way finish; give back at
+            // least what the new file's parse left free.
+            crate::memory::release_free_memory();
             true
         }
         Err(e) => {
@@ -275,6 +303,33 @@ pub fn reload(path: &Path, runtime: &ArcSwap<Runtime>) -> bool {
             false
         }
     }
+}
+
+/// The settings that are read once at startup (the listener, the connection machinery, the
+/// logger, the metrics endpoint), named when a reload changed them.
+pub fn needing_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.milter, &new.milter);
+    let mut changed = Vec::new();
+    let mut check = |differs: bool, name| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check(a.listen != b.listen, "[milter] listen");
+    check(a.socket_mode != b.socket_mode, "[milter] socket_mode");
+    check(a.socket_group != b.socket_group, "[milter] socket_group");
+    check(
+        a.max_connections != b.max_connections,
+        "[milter] max_connections",
+    );
+    check(a.idle_timeout != b.idle_timeout, "[milter] idle_timeout");
+    check(
+        a.shutdown_timeout != b.shutdown_timeout,
+        "[milter] shutdown_timeout",
+    );
+    check(old.log != new.log, "[log]");
+    check(old.metrics != new.metrics, "[metrics]");
+    changed
 }
 
 /// Completes on SIGTERM or SIGINT.

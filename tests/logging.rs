@@ -53,8 +53,16 @@ fn run_and_collect_stderr(log_section: &str, journal: Option<bool>) -> Vec<Strin
     }
     let mut child = cmd.spawn().unwrap();
     let start = Instant::now();
-    while !socket.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no socket");
+    // The keys are checked after the socket is bound: wait for that warning too.
+    while !socket.exists()
+        || !std::fs::read_to_string(&stderr_path)
+            .unwrap_or_default()
+            .contains("key not usable yet")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no socket or no key warning"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: kill(2) on our own child, not yet reaped.

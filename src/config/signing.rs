@@ -5,9 +5,9 @@
 //! differs from KumoMTA's helper on purpose, where a domain's `over_sign = false` cannot override
 //! `[base]`'s `true`.
 
+use super::keysource::{KeySource, VaultSource};
 use super::values::{Algo, Canon, OnError, SignaturePolicy};
 use super::{ConfigError, KeySettings, Template};
-use super::keysource::{KeySource, VaultSource};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -42,6 +42,7 @@ macro_rules! signing_entry {
             selector: Option<Spanned<String>>,
             headers: Option<Vec<String>>,
             algo: Option<Algo>,
+            #[serde(default, deserialize_with = "super::keysource::deserialize_key_path")]
             filename: Option<Template>,
             key: Option<KeySource>,
             #[serde(default, with = "super::humantime_serde_compat::option")]
@@ -252,6 +253,11 @@ impl SigningTable {
 
     pub fn is_empty(&self) -> bool {
         self.domains.is_empty() && self.signatures.is_empty()
+    }
+
+    /// `[domain]` plus `[signature]` entries.
+    pub fn entry_count(&self) -> usize {
+        self.domains.len() + self.signatures.len()
     }
 }
 

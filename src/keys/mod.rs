@@ -8,6 +8,7 @@ pub mod file;
 pub mod generate;
 pub mod parse;
 pub mod vault;
+pub mod warm;
 
 use crate::config::Config;
 use crate::config::keysource::ResolvedKeySource;
@@ -87,18 +88,20 @@ impl Backends {
     pub fn new(config: &Config, registered: &CallbackRegistry) -> Self {
         Backends {
             require_safe_permissions: config.keys.files.require_safe_permissions,
-            vault: VaultPool::new(&config.keys.vault),
+            vault: VaultPool::new(&config.keys.vault, config.keys.cache.negative_ttl),
             callbacks: registered.with_config(&config.keys.callbacks),
         }
     }
 
     /// Fetches `source`; for a file whose stamp is still `previous`, answers `Unchanged`.
+    /// Reading a file and parsing a key (an RSA key takes about as long as a signature) run on
+    /// tokio's blocking pool, never on the workers that serve the connections.
     pub(crate) async fn fetch(
         &self,
         source: &ResolvedKeySource,
         previous: Option<&FileStamp>,
     ) -> Result<Fetched, KeyError> {
-        let (bytes, stamp) = match source {
+        match source {
             ResolvedKeySource::File(path) => {
                 if let Some(previous) = previous
                     && file::stamp(path)? == *previous
@@ -107,14 +110,16 @@ impl Backends {
                 }
                 let path = path.clone();
                 let safe = self.require_safe_permissions;
-                let read = tokio::task::spawn_blocking(move || file::read_key_file(&path, safe));
-                let (bytes, stamp) = read
-                    .await
-                    .map_err(|_| KeyError::Internal("the key file reading task failed"))??;
-                (bytes, Some(stamp))
+                let origin = source.clone();
+                off_the_workers(move || {
+                    let (bytes, stamp) = file::read_key_file(&path, safe)?;
+                    new_key(&origin, &bytes, Some(stamp))
+                })
+                .await
             }
             ResolvedKeySource::Data(data) => {
-                return new_key(source, data.expose(), None);
+                let (origin, data) = (source.clone(), data.clone());
+                off_the_workers(move || new_key(&origin, data.expose(), None)).await
             }
             ResolvedKeySource::Vault(v) => {
                 let text = self
@@ -125,7 +130,8 @@ impl Backends {
                         origin: self.vault_origin(v),
                         failure,
                     })?;
-                return new_key(source, text.as_bytes(), None);
+                let origin = source.clone();
+                off_the_workers(move || new_key(&origin, text.as_bytes(), None)).await
             }
             ResolvedKeySource::Event { name, args } => {
                 let failed = |reason: String| KeyError::Callback {
@@ -137,10 +143,15 @@ impl Backends {
                     .get(name)
                     .ok_or_else(|| failed("no such callback".into()))?;
                 let bytes = callback.fetch(args).await.map_err(|e| failed(e.0))?;
-                (bytes, None)
+                let origin = source.clone();
+                off_the_workers(move || new_key(&origin, &bytes, None)).await
             }
-        };
-        new_key(source, &bytes, stamp)
+        }
+    }
+
+    /// Whether file keys must be readable by their owner only (`[keys] require_safe_permissions`).
+    pub fn require_safe_permissions(&self) -> bool {
+        self.require_safe_permissions
     }
 
     fn vault_origin(&self, v: &crate::config::keysource::VaultSource<String>) -> String {
@@ -155,6 +166,14 @@ impl Backends {
             v.field
         )
     }
+}
+
+async fn off_the_workers(
+    work: impl FnOnce() -> Result<Fetched, KeyError> + Send + 'static,
+) -> Result<Fetched, KeyError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| KeyError::Internal("the key loading task failed"))?
 }
 
 fn new_key(

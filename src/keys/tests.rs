@@ -77,6 +77,7 @@ fn cache_with(config_text: &str, backend: Option<&Scripted>) -> (KeyCache, Arc<M
     let metrics = Arc::new(Metrics::new());
     let cache = KeyCache::new(
         config.keys.cache.clone(),
+        config.keys.cache.capacity_for(config.signing.entry_count()),
         Backends::new(&config, &registry),
         metrics.clone(),
     );
