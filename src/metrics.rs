@@ -490,6 +490,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn series_do_not_grow_with_the_domains_unless_asked_and_then_only_so_far() {
+        let m = Metrics::new();
+        for i in 0..1000 {
+            m.signature(&format!("d{i}.example"), "ed25519-sha256");
+        }
+        let text = m.encode();
+        assert!(text.contains("signet_signatures_total{algorithm=\"ed25519-sha256\"} 1000"));
+        assert!(!text.contains("d1.example"), "no domain label by default");
+
+        let m = Metrics::new();
+        m.set_per_domain_series(2);
+        for domain in [
+            "a.example",
+            "b.example",
+            "c.example",
+            "a.example",
+            "d.example",
+        ] {
+            m.signature(domain, "rsa-sha256");
+        }
+        let text = m.encode();
+        let series = |d: &str| {
+            format!("signet_domain_signatures_total{{domain=\"{d}\",algorithm=\"rsa-sha256\"}}")
+        };
+        assert!(
+            text.contains(&format!("{} 2", series("a.example"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 1", series("b.example"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 2", series(OTHER_DOMAINS))),
+            "{text}"
+        );
+        assert!(!text.contains("c.example"), "{text}");
+    }
+
+    #[test]
     fn counts_appear_in_the_exposition() {
         let m = Metrics::new();
         m.key_lookup("vault", Lookup::Stale);

@@ -348,3 +348,35 @@ pub async fn termination() {
     }
     notify::stopping();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_read_only_at_startup_is_named_when_a_reload_changes_it() {
+        let parse = |text: &str| Config::parse(text, Path::new("t.toml")).unwrap();
+        let old = parse("");
+        assert!(needing_restart(&old, &parse("")).is_empty());
+        let cases = [
+            ("[milter]\nlisten = \"inet:127.0.0.1:9\"", "[milter] listen"),
+            ("[milter]\nsocket_mode = \"0600\"", "[milter] socket_mode"),
+            ("[milter]\nsocket_group = \"mail\"", "[milter] socket_group"),
+            ("[milter]\nmax_connections = 10", "[milter] max_connections"),
+            ("[milter]\nidle_timeout = \"1m\"", "[milter] idle_timeout"),
+            (
+                "[milter]\nshutdown_timeout = \"5s\"",
+                "[milter] shutdown_timeout",
+            ),
+            ("[log]\nlevel = \"debug\"", "[log]"),
+            ("[log]\nformat = \"json\"", "[log]"),
+            ("[metrics]\nlisten = \"127.0.0.1:9199\"", "[metrics]"),
+            ("[metrics]\nper_domain_series = 5", "[metrics]"),
+        ];
+        for (text, name) in cases {
+            assert_eq!(needing_restart(&old, &parse(text)), [name], "{text}");
+        }
+        let reloadable = "[milter]\ntrusted_networks = [\"10.0.0.0/8\"]\non_error = \"reject\"\nsign_authenticated = false";
+        assert!(needing_restart(&old, &parse(reloadable)).is_empty());
+    }
+}

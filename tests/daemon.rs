@@ -8,66 +8,9 @@ mod common;
 use indymilter::{Actions, ProtoOpts};
 use indymilter_test::TestConnection;
 use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn start(config: &std::path::Path) -> Self {
-        Self::start_with_env(config, &[])
-    }
-
-    fn start_with_env(config: &std::path::Path, env: &[(&str, &std::ffi::OsStr)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_signet-milter"))
-            .args(["run", "-c", config.to_str().unwrap()])
-            .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    /// Waits for a log line containing `text`; the lines read on the way are returned on failure.
-    fn expect_log(&self, text: &str) -> String {
-        let mut seen = Vec::new();
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(20)) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("no log line with {text:?}; got:\n{}", seen.join("\n")),
-            }
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
-            0
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::daemon::Daemon;
 
 #[tokio::test]
 async fn runs_signs_reloads_and_stops_on_signals() {

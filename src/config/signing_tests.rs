@@ -367,6 +367,37 @@ fn errors_name_line_and_reason() {
             3,
             "duplicates",
         ),
+        (
+            "[milter]\nlisten = \"inet:127.0.0.1:1\"\nmax_connections = 0\n",
+            3,
+            "max_connections must be between 1 and",
+        ),
+        (
+            "[milter]\nidle_timeout = \"0s\"\n",
+            2,
+            "must be at least 1s",
+        ),
+        (
+            "[milter]\n\nidle_timeout = \"soon\"\n",
+            3,
+            "invalid duration",
+        ),
+        ("[cache]\ncapacity = 0\n", 2, "capacity must be at least 1"),
+        (
+            "[metrics]\nper_domain_series = 100000\n",
+            2,
+            "per_domain_series must be at most 10000",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nkey = \"-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBg\\n-----END PRIVATE KEY-----\"\n",
+            3,
+            "looks like a key, not a file path",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\n\nfilename = \"MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKjMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvuNMoSfm76oqFvAp8Gy0iz5sxjZmSnXyCdPEovGhLa0VzMaQ8s+CLOyS56YyCFGeJZ\"\n",
+            4,
+            "looks like a key, not a file path",
+        ),
     ];
     for (text, line, reason) in cases {
         let err = match load(text) {
@@ -382,7 +413,49 @@ fn errors_name_line_and_reason() {
             shown.contains(reason),
             "reason {reason:?} missing for {text:?}: {shown}"
         );
+        assert!(
+            !shown.contains("MIIEvQ"),
+            "key material is never repeated: {shown}"
+        );
     }
+}
+
+#[test]
+fn paths_that_are_paths_are_not_mistaken_for_keys() {
+    for path in [
+        "/etc/signet-milter/keys/{domain}/{selector}.key",
+        "/var/lib/dkim/example.com.private",
+        "keys/s1.pem",
+    ] {
+        let text = format!("[domain.\"a.example\"]\nselector = \"s\"\nkey = \"{path}\"\n");
+        assert!(load(&text).is_ok(), "{path}");
+    }
+}
+
+#[test]
+fn a_cache_smaller_than_the_table_is_a_warning_and_an_unset_one_fits_it() {
+    let mut text = String::from("[cache]\ncapacity = 2\n[base]\nselector = \"s\"\n");
+    for i in 0..3 {
+        text.push_str(&format!("[domain.\"d{i}.example\"]\n"));
+    }
+    let small = load(&text).unwrap();
+    assert!(
+        small
+            .signing
+            .warnings
+            .iter()
+            .any(|w| w.contains("[cache] capacity = 2 is smaller than the 3 entries")),
+        "{:?}",
+        small.signing.warnings
+    );
+    let unset = crate::config::CacheSettings::default();
+    assert_eq!(unset.capacity_for(3), crate::config::DEFAULT_CACHE_CAPACITY);
+    assert_eq!(unset.capacity_for(100_000), 131_072);
+    assert_eq!(
+        unset.capacity_for(100_001),
+        131_072,
+        "a few more domains: same size"
+    );
 }
 
 #[test]

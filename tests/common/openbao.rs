@@ -41,7 +41,21 @@ impl OpenBao {
         Self::start_with(true)
     }
 
+    /// A dev server on `127.0.0.1:port` (e.g. where a test had a server that did not answer).
+    pub fn start_at(port: u16) -> Option<Self> {
+        Self::start_on(false, port)
+    }
+
     fn start_with(tls: bool) -> Option<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(tls, port)
+    }
+
+    fn start_on(tls: bool, port: u16) -> Option<Self> {
         let Some(binary) = binary() else {
             if std::env::var_os("SIGNET_SKIP_OPENBAO").is_some_and(|v| v == "1") {
                 eprintln!("SKIPPED: no OpenBao `bao` binary and SIGNET_SKIP_OPENBAO=1");
@@ -52,11 +66,6 @@ impl OpenBao {
                  (or point SIGNET_BAO at the binary; SIGNET_SKIP_OPENBAO=1 skips these tests)"
             );
         };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
         let mut args = vec![
