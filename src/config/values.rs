@@ -150,6 +150,9 @@ impl<'de> Deserialize<'de> for SocketMode {
 /// with the same URL parser it uses, so that what passes here cannot panic there.
 pub fn validate_http_url(address: &str) -> Result<(), String> {
     let shown: String = address.escape_debug().collect();
+    if address.contains(char::is_control) {
+        return Err(format!("\"{shown}\" contains a control character"));
+    }
     if !(address.starts_with("https://") || address.starts_with("http://")) {
         return Err(format!("\"{shown}\" must start with https:// or http://"));
     }
@@ -199,6 +202,7 @@ mod tests {
             "http://a b",
             "http://x:99999",
             "http://\u{7}host",
+            "http://vault\r\n:8200",
         ] {
             assert!(validate_http_url(bad).is_err(), "{bad}");
         }
