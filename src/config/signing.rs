@@ -157,6 +157,13 @@ impl SignatureLabel {
     pub fn is_signature(&self) -> bool {
         matches!(self, SignatureLabel::Signature(_))
     }
+
+    /// The name in the table: the domain pattern or the signature's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SignatureLabel::Domain(name) | SignatureLabel::Signature(name) => name,
+        }
+    }
 }
 
 impl std::fmt::Display for SignatureLabel {
@@ -182,8 +189,8 @@ pub struct SignerTemplate {
     pub label: SignatureLabel,
     pub domain: SigningDomain,
     pub selector: String,
-    /// The `h=` list, oversigned entries already doubled.
-    pub headers: Vec<String>,
+    /// The `h=` list, oversigned entries already doubled; entries with the same list share it.
+    pub headers: Arc<[String]>,
     /// The algorithm the operator expects; the key must agree. `None`: whatever the key is.
     pub algo: Option<Algo>,
     pub key: KeySource,
@@ -213,8 +220,8 @@ pub struct SigningTable {
     catch_all: Option<Arc<SignerTemplate>>,
     /// `[base] additional_signatures`: applied to every message that may be signed.
     additional: Vec<Arc<SignerTemplate>>,
-    /// Every entry by its table name, for `check`.
-    domains: BTreeMap<String, Arc<SignerTemplate>>,
+    /// Every `[domain]` entry in table-name order, for `check` (the name is in its label).
+    domains: Vec<Arc<SignerTemplate>>,
     signatures: BTreeMap<String, Arc<SignerTemplate>>,
     /// Non-fatal remarks found while loading (e.g. a signature nothing refers to).
     pub warnings: Vec<String>,
@@ -243,7 +250,7 @@ impl SigningTable {
 
     /// `(table name, entry)` of every `[domain]` entry.
     pub fn domain_entries(&self) -> impl Iterator<Item = (&str, &Arc<SignerTemplate>)> {
-        self.domains.iter().map(|(k, v)| (k.as_str(), v))
+        self.domains.iter().map(|t| (t.label.name(), t))
     }
 
     /// `(table name, entry)` of every `[signature]` entry.
@@ -293,15 +300,21 @@ pub(super) fn build(
         ));
     }
     let base_params = base.params();
+    let vault_prefix = base
+        .vault_path_prefix
+        .clone()
+        .unwrap_or_else(|| "dkim".into());
     let ctx = Context {
-        keys,
         callbacks,
         at,
-        vault_mount: base.vault_mount.clone(),
-        vault_prefix: base
-            .vault_path_prefix
-            .clone()
-            .unwrap_or_else(|| "dkim".into()),
+        default_file: Template::default_key_path(&keys.directory),
+        vault_mode: base.vault_mount.as_ref().map(|mount| {
+            (
+                Template::literal(mount.clone()),
+                vault_default_path(&vault_prefix),
+            )
+        }),
+        header_lists: std::cell::RefCell::new(HashMap::new()),
     };
 
     let mut table = SigningTable::default();
@@ -408,7 +421,8 @@ pub(super) fn build(
                 format!("{owner} duplicates another entry (domain names are case-insensitive)"),
             ));
         }
-        table.domains.insert(pattern.clone(), template);
+        // `raw.domain` is a BTreeMap: the entries come in table-name order.
+        table.domains.push(template);
     }
 
     for name in table.signatures.keys() {
@@ -421,12 +435,28 @@ pub(super) fn build(
     Ok(table)
 }
 
+/// What every entry is built with. The parts entries have in common are made once here and
+/// shared (an `Arc` each): a table of 100,000 domains that inherit `[base]` holds one header
+/// list and one key path template, not 100,000 copies.
 struct Context<'a> {
-    keys: &'a KeySettings,
     callbacks: &'a BTreeSet<String>,
     at: At<'a>,
-    vault_mount: Option<String>,
-    vault_prefix: String,
+    /// `{directory}/{domain}/{selector}.key`.
+    default_file: Template,
+    /// KumoMTA's `[base] vault_mount` mode: the mount and the default path template.
+    vault_mode: Option<(Template, Template)>,
+    /// Finished `h=` lists by what they were made from.
+    header_lists: std::cell::RefCell<HashMap<(Option<Vec<String>>, Option<bool>), Arc<[String]>>>,
+}
+
+/// `<prefix>/{domain}/{selector}`, with braces in the prefix taken literally.
+fn vault_default_path(prefix: &str) -> Template {
+    let prefix = prefix
+        .trim_end_matches('/')
+        .replace('{', "{{")
+        .replace('}', "}}");
+    Template::parse(&format!("{prefix}/{{domain}}/{{selector}}"))
+        .expect("escaped prefix with known placeholders parses")
 }
 
 impl Context<'_> {
@@ -448,7 +478,8 @@ impl Context<'_> {
         })?;
         validate_selector(selector.get_ref())
             .map_err(|e| at(Some(selector.span()), format!("{label} selector: {e}")))?;
-        let headers = signed_headers(params.headers.as_deref(), params.over_sign)
+        let headers = self
+            .header_list(params.headers, params.over_sign)
             .map_err(|e| at(Some(span.clone()), format!("{label} headers: {e}")))?;
         if params.expiration == Some(Duration::ZERO) {
             return Err(at(
@@ -481,26 +512,34 @@ impl Context<'_> {
         })
     }
 
+    /// The `h=` list made from `configured` and `over_sign`, shared with every entry that has
+    /// the same.
+    fn header_list(
+        &self,
+        configured: Option<Vec<String>>,
+        over_sign: Option<bool>,
+    ) -> Result<Arc<[String]>, String> {
+        let key = (configured, over_sign);
+        if let Some(list) = self.header_lists.borrow().get(&key) {
+            return Ok(list.clone());
+        }
+        let list: Arc<[String]> = signed_headers(key.0.as_deref(), over_sign)?.into();
+        self.header_lists.borrow_mut().insert(key, list.clone());
+        Ok(list)
+    }
+
     /// An explicit `key` wins; else KumoMTA's `[base] vault_mount` mode (where `filename`
     /// overrides the Vault path); else a file, `filename` or the default path.
     fn key_source(&self, choice: Option<KeyChoice>) -> KeySource {
-        match (choice, &self.vault_mount) {
+        match (choice, &self.vault_mode) {
             (Some(KeyChoice::Source(source)), _) => source,
-            (choice, Some(mount)) => {
+            (choice, Some((mount, default_path))) => {
                 let path = match choice {
                     Some(KeyChoice::Filename(f)) => f,
-                    _ => {
-                        let prefix = self
-                            .vault_prefix
-                            .trim_end_matches('/')
-                            .replace('{', "{{")
-                            .replace('}', "}}");
-                        Template::parse(&format!("{prefix}/{{domain}}/{{selector}}"))
-                            .expect("escaped prefix with known placeholders parses")
-                    }
+                    _ => default_path.clone(),
                 };
                 KeySource::Vault(VaultSource {
-                    mount: Template::literal(mount.clone()),
+                    mount: mount.clone(),
                     path,
                     field: "key".into(),
                     address: None,
@@ -509,7 +548,7 @@ impl Context<'_> {
                 })
             }
             (Some(KeyChoice::Filename(f)), None) => KeySource::File(f),
-            (None, None) => KeySource::File(Template::default_key_path(&self.keys.directory)),
+            (None, None) => KeySource::File(self.default_file.clone()),
         }
     }
 }

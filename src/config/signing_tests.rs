@@ -27,7 +27,7 @@ fn kumomta_example_loads_unchanged() {
     );
     // From is oversigned by default; the rest once, in the configured order.
     assert_eq!(
-        entry.headers,
+        *entry.headers,
         [
             "From",
             "From",
@@ -66,7 +66,7 @@ fn tri_state_merge_most_specific_level_wins() {
     let (a, _) = t.lookup("a.example").unwrap();
     assert_eq!(a.selector, "base-sel");
     assert_eq!(
-        a.headers,
+        *a.headers,
         ["From", "Subject"],
         "a domain's false overrides base's true"
     );
@@ -78,7 +78,7 @@ fn tri_state_merge_most_specific_level_wins() {
     let (b, _) = t.lookup("b.example").unwrap();
     assert_eq!(b.selector, "b-sel");
     assert_eq!(
-        b.headers,
+        *b.headers,
         ["From", "From", "Subject", "Subject"],
         "base over_sign = true"
     );
@@ -418,6 +418,33 @@ fn errors_name_line_and_reason() {
             "key material is never repeated: {shown}"
         );
     }
+}
+
+#[test]
+fn entries_share_what_they_inherit_instead_of_copying_it() {
+    let t = table(
+        "[base]\nselector = \"s\"\n[domain.\"a.example\"]\n[domain.\"b.example\"]\n\
+         [domain.\"c.example\"]\nheaders = [\"From\", \"To\"]\n[domain.\"d.example\"]\nheaders = [\"From\", \"To\"]\n",
+    );
+    let get = |d: &str| t.lookup(d).unwrap().0.clone();
+    let (a, b, c, d) = (
+        get("a.example"),
+        get("b.example"),
+        get("c.example"),
+        get("d.example"),
+    );
+    assert!(
+        Arc::ptr_eq(&a.headers, &b.headers),
+        "the inherited list is shared"
+    );
+    assert!(
+        Arc::ptr_eq(&c.headers, &d.headers),
+        "equal lists are shared"
+    );
+    assert!(!Arc::ptr_eq(&a.headers, &c.headers));
+    assert_eq!(a.key, b.key, "the default key path is the same template");
+    let names: Vec<&str> = t.domain_entries().map(|(name, _)| name).collect();
+    assert_eq!(names, ["a.example", "b.example", "c.example", "d.example"]);
 }
 
 #[test]
