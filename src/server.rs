@@ -289,12 +289,9 @@ pub async fn reload(path: &Path, runtime: &ArcSwap<Runtime>) -> bool {
                 warn!("{w}");
             }
             runtime.store(Arc::new(new));
-            drop(current);
             info!(config = %path.display(), "configuration reloaded");
-            runtime.load().env.metrics.reload(true);
-            // The old configuration is gone once the messages under way finish; give back at
-            // least what the new file's parse left free.
-            crate::memory::release_free_memory();
+            current.env.metrics.reload(true);
+            retire(current);
             true
         }
         Err(e) => {
@@ -303,6 +300,19 @@ pub async fn reload(path: &Path, runtime: &ArcSwap<Runtime>) -> bool {
             false
         }
     }
+}
+
+/// Frees a replaced configuration on the blocking pool, once the messages that started with it
+/// are done: dropping 100,000 entries takes tens of milliseconds no connection should wait for.
+/// Then the memory goes back to the system.
+fn retire(old: Arc<Runtime>) {
+    tokio::task::spawn_blocking(move || {
+        while Arc::strong_count(&old) > 1 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(old);
+        crate::memory::release_free_memory();
+    });
 }
 
 /// The settings that are read once at startup (the listener, the connection machinery, the
