@@ -446,8 +446,11 @@ struct Context<'a> {
     /// KumoMTA's `[base] vault_mount` mode: the mount and the default path template.
     vault_mode: Option<(Template, Template)>,
     /// Finished `h=` lists by what they were made from.
-    header_lists: std::cell::RefCell<HashMap<(Option<Vec<String>>, Option<bool>), Arc<[String]>>>,
+    header_lists: std::cell::RefCell<HashMap<HeaderListSpec, Arc<[String]>>>,
 }
+
+/// What an `h=` list is made from: the configured names (or none) and `over_sign`.
+type HeaderListSpec = (Option<Vec<String>>, Option<bool>);
 
 /// `<prefix>/{domain}/{selector}`, with braces in the prefix taken literally.
 fn vault_default_path(prefix: &str) -> Template {
