@@ -43,9 +43,12 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions \
 -Coverflow-checks -Cforce-frame-pointers=yes"
 export CARGO_TARGET_DIR=$REPO/target/fuzz/build
+# An explicit --target keeps RUSTFLAGS off the build scripts and proc macros (which would not
+# link without libFuzzer), as cargo-fuzz does.
+HOST=$(rustc -vV | sed -n 's/^host: //p')
 log "building the fuzz targets (libFuzzer + SanitizerCoverage, release with debug assertions)"
-cargo build --release --ignore-rust-version --manifest-path fuzz/Cargo.toml --bins >&2
-BIN=$CARGO_TARGET_DIR/release
+cargo build --release --ignore-rust-version --manifest-path fuzz/Cargo.toml --bins --target "$HOST" >&2
+BIN=$CARGO_TARGET_DIR/$HOST/release
 
 SEEDS=$REPO/target/fuzz/seeds
 rm -rf "$SEEDS"

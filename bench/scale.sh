@@ -134,7 +134,7 @@ VERSION=$("$SIGNET" --version | awk '{print $2}')
 for name in shared files-ed25519 files-rsa2048; do
     config=$WORK/$name.toml
     socket=$WORK/$name.sock
-    port=$(awk -F'[:"]' '/^listen = "127.0.0.1:/ { print $5 }' "$config")
+    port=$(awk -F'[:"]' '/^listen = "127.0.0.1:/ { print $3 }' "$config")
     log "signet ($LABEL), $name: start"
     start "$socket" "$SIGNET" -c "$config" run
     settle "$port"

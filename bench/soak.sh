@@ -46,7 +46,7 @@ fi
 mkdir -p "$WORK"
 CONFIG=$SETUP/files-ed25519.toml
 SOCKET=$SETUP/files-ed25519.sock
-PORT=$(awk -F'[:"]' '/^listen = "127.0.0.1:/ { print $5 }' "$CONFIG")
+PORT=$(awk -F'[:"]' '/^listen = "127.0.0.1:/ { print $3 }' "$CONFIG")
 
 "$SIGNET" -c "$CONFIG" run 2>"$WORK/milter.log" &
 PID=$!

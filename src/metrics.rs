@@ -124,6 +124,15 @@ pub enum Closed {
     Evicted,
 }
 
+impl Closed {
+    fn as_str(self) -> &'static str {
+        match self {
+            Closed::Idle => "idle",
+            Closed::Evicted => "evicted",
+        }
+    }
+}
+
 /// The domain label of signatures beyond `[metrics] per_domain_series`.
 pub const OTHER_DOMAINS: &str = "other";
 
@@ -327,22 +336,14 @@ impl Metrics {
     }
 
     pub fn connection_closed(&self, why: Closed) {
-        let reason = match why {
-            Closed::Idle => "idle",
-            Closed::Evicted => "evicted",
-        };
         self.connections_closed
-            .get_or_create(&[("reason", reason)])
+            .get_or_create(&[("reason", why.as_str())])
             .inc();
     }
 
     pub fn connections_closed(&self, why: Closed) -> u64 {
-        let reason = match why {
-            Closed::Idle => "idle",
-            Closed::Evicted => "evicted",
-        };
         self.connections_closed
-            .get_or_create(&[("reason", reason)])
+            .get_or_create(&[("reason", why.as_str())])
             .get()
     }
 

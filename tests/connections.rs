@@ -151,14 +151,7 @@ async fn running_out_of_file_descriptors_does_not_end_the_server() {
     assert!(daemon.is_running(), "EMFILE did not end the server");
 
     // And it serves: a message is signed once descriptors are free again.
-    let mut conn = indymilter_test::TestConnection::configure()
-        .available_actions(indymilter::Actions::all())
-        .available_opts(indymilter::ProtoOpts::all())
-        .exact_leading_space(true)
-        .open_unix(&socket)
-        .await
-        .unwrap();
-    conn.connect("localhost", loopback()).await.unwrap();
+    let mut conn = common::mta_connection(&socket).await;
     let message = Message::simple("alice@example.com");
     let sent = send(&mut conn, &[], &message).await;
     common::assert_verifies(

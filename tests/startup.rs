@@ -8,13 +8,11 @@ mod common;
 
 use common::daemon::Daemon;
 use common::openbao::{OpenBao, ROOT_TOKEN};
-use common::{Message, loopback, remote_key, send};
-use indymilter::{Actions, ProtoOpts};
-use indymilter_test::{Status, TestConnection};
+use common::{Message, remote_key, send};
+use indymilter_test::Status;
 use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
 use signet_milter::keys::warm::WARM_CONCURRENCY;
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,18 +63,6 @@ impl HungServer {
     }
 }
 
-async fn connect(socket: &Path) -> TestConnection {
-    let mut conn = TestConnection::configure()
-        .available_actions(Actions::all())
-        .available_opts(ProtoOpts::all())
-        .exact_leading_space(true)
-        .open_unix(socket)
-        .await
-        .unwrap();
-    conn.connect("localhost", loopback()).await.unwrap();
-    conn
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_at_once_behind_a_hung_vault_and_signs_when_vault_comes_up() {
     let hung = HungServer::start();
@@ -116,7 +102,7 @@ async fn serves_at_once_behind_a_hung_vault_and_signs_when_vault_comes_up() {
     );
 
     // A file-key domain signs at once, while the Vault keys are still being fetched.
-    let mut conn = connect(&socket).await;
+    let mut conn = common::mta_connection(&socket).await;
     let message = Message::simple("alice@file.example");
     let sent = send(&mut conn, &[], &message).await;
     assert_eq!(sent.status, Status::Continue);

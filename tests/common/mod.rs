@@ -232,6 +232,20 @@ pub async fn send(
     }
 }
 
+/// A connection to a milter (the real binary's, say) on `socket`, opened as Postfix does, the
+/// client at 127.0.0.1.
+pub async fn mta_connection(socket: &Path) -> TestConnection {
+    let mut conn = TestConnection::configure()
+        .available_actions(Actions::all())
+        .available_opts(ProtoOpts::all())
+        .exact_leading_space(true)
+        .open_unix(socket)
+        .await
+        .unwrap();
+    conn.connect("localhost", loopback()).await.unwrap();
+    conn
+}
+
 /// A connection that negotiates as an MTA does and then sends nothing: what an idle Postfix
 /// smtpd session looks like to the milter.
 pub async fn idle_connection(socket: &Path) -> std::io::Result<tokio::net::UnixStream> {
