@@ -149,6 +149,36 @@ for name in shared files-ed25519 files-rsa2048; do
     row "$LABEL" "$name" "time to socket ${TTS} s" "RSS ${rss} MiB" "after SIGHUP ${rss_reload} MiB"
     log "  socket after ${TTS} s; RSS $rss MiB, after SIGHUP $rss_reload MiB"
 
+    if [[ $name == shared ]]; then
+        # What an idle connection costs: 2,000 negotiated connections that then send nothing.
+        before=$(rss_mib "$PID")
+        accepted=$(/usr/bin/python3 - "$socket" "$PID" <<'PY'
+import socket, struct, sys, time
+path, pid = sys.argv[1], sys.argv[2]
+conns, ok = [], 0
+negotiate = struct.pack(">IcIII", 13, b"O", 6, 0x1ff, 0x1fffff)
+for _ in range(2000):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(2)
+    try:
+        s.connect(path)
+        s.sendall(negotiate)
+        if len(s.recv(64)) > 0:
+            ok += 1
+    except OSError:
+        pass
+    conns.append(s)
+time.sleep(1)
+rss = [l for l in open("/proc/%s/status" % pid) if l.startswith("VmRSS")][0].split()[1]
+print(ok, rss)
+PY
+)
+        read -r n after_kib <<<"$accepted"
+        per=$(awk -v a="$after_kib" -v b="$before" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f", (a / 1024 - b) * 1024 / n; else print "-" }')
+        row "$LABEL" "$name" "2,000 idle connections: $n negotiated" "RSS $before → $(awk -v a="$after_kib" 'BEGIN { printf "%.1f", a / 1024 }') MiB" "${per} KiB each"
+        log "  2,000 idle connections: $n negotiated, ${per} KiB each"
+    fi
+
     if [[ $name == files-* ]]; then
         one=$(load "$socket" one --duration "${DURATION}s" --from-domain d0.example)
         log "  one domain: $(field "$one" msgs_per_s) msgs/s"

@@ -134,10 +134,12 @@ impl Connections {
         let Some((_, activity)) = oldest else {
             return false;
         };
-        registry.closing += 1;
-        drop(registry);
+        // Marked while the registry is locked, so that its drop (which takes the registry
+        // lock too) always sees the mark and uncounts it.
         let mut activity = lock(&activity);
         activity.closing = true;
+        registry.closing += 1;
+        drop(registry);
         if let Some(reader) = activity.reader.take() {
             reader.wake();
         }
@@ -145,10 +147,16 @@ impl Connections {
         true
     }
 
-    fn forget(&self, id: u64, was_closing: bool) {
+    fn wake_acceptor(&self) {
+        if let Some(waker) = lock(&self.0.registry).accept_waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn forget(&self, id: u64, activity: &Mutex<Activity>) {
         let mut registry = lock(&self.0.registry);
         registry.open.remove(&id);
-        if was_closing {
+        if lock(activity).closing {
             registry.closing = registry.closing.saturating_sub(1);
         }
         if let Some(waker) = registry.accept_waker.take() {
@@ -160,20 +168,23 @@ impl Connections {
 }
 
 /// A listener that applies [`Connections`]' limit and survives running out of descriptors.
-pub struct Limited<L> {
+pub struct Limited<L: Listener> {
     inner: L,
     connections: Connections,
+    /// Accepted at the limit with every connection busy: served once one closes or goes idle.
+    held: Option<L::Io>,
     backoff: Option<Pin<Box<Sleep>>>,
     next_backoff: Duration,
     limit_log: RateLimited,
     fd_log: RateLimited,
 }
 
-impl<L> Limited<L> {
+impl<L: Listener> Limited<L> {
     pub fn new(inner: L, connections: Connections) -> Self {
         Limited {
             inner,
             connections,
+            held: None,
             backoff: None,
             next_backoff: BACKOFF_FIRST,
             limit_log: RateLimited::default(),
@@ -181,14 +192,15 @@ impl<L> Limited<L> {
         }
     }
 
-    fn make_room(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Room for the connection just accepted: at the limit, the connection idle the longest
+    /// is closed for it. `first`: the first try for this connection (counted and logged once).
+    fn make_room(&mut self, cx: &mut Context<'_>, first: bool) -> bool {
         if self.connections.has_room(cx.waker()) {
             return true;
         }
-        let metrics = &self.connections.0.metrics;
-        metrics.connection_limit_reached();
         let limit = self.connections.0.limit;
         if self.connections.close_longest_idle() {
+            self.connections.0.metrics.connection_limit_reached();
             self.limit_log.warn(|suppressed| {
                 tracing::warn!(
                     max_connections = limit,
@@ -198,13 +210,16 @@ impl<L> Limited<L> {
             });
             return true;
         }
-        self.limit_log.warn(|suppressed| {
-            tracing::warn!(
-                max_connections = limit,
-                more = suppressed,
-                "connection limit reached and every connection has a message in flight: new connections wait (raise [milter] max_connections)"
-            );
-        });
+        if first {
+            self.connections.0.metrics.connection_limit_reached();
+            self.limit_log.warn(|suppressed| {
+                tracing::warn!(
+                    max_connections = limit,
+                    more = suppressed,
+                    "connection limit reached and every connection has a message in flight: new connections wait (raise [milter] max_connections)"
+                );
+            });
+        }
         false
     }
 
@@ -230,22 +245,31 @@ impl<L> Limited<L> {
 impl<L> Listener for Limited<L>
 where
     L: Listener,
+    L::Io: Unpin,
 {
     type Io = Tracked<L::Io>;
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
         loop {
+            if let Some(stream) = self.held.take() {
+                if self.make_room(cx, false) {
+                    return Poll::Ready(Ok(self.connections.track(stream)));
+                }
+                self.held = Some(stream);
+                return Poll::Pending;
+            }
             if let Some(backoff) = self.backoff.as_mut() {
                 ready!(backoff.as_mut().poll(cx));
                 self.backoff = None;
             }
-            if !self.make_room(cx) {
-                return Poll::Pending;
-            }
             match ready!(self.inner.poll_accept(cx)) {
                 Ok(stream) => {
                     self.next_backoff = BACKOFF_FIRST;
-                    return Poll::Ready(Ok(self.connections.track(stream)));
+                    if self.make_room(cx, true) {
+                        return Poll::Ready(Ok(self.connections.track(stream)));
+                    }
+                    self.held = Some(stream);
+                    return Poll::Pending;
                 }
                 Err(e) => match AcceptError::of(&e) {
                     AcceptError::OutOfDescriptors => self.back_off(&e),
@@ -321,6 +345,10 @@ impl<S> Tracked<S> {
         if self.in_message != in_message {
             self.in_message = in_message;
             lock(&self.activity).idle_since = (!in_message).then(Instant::now);
+            if !in_message {
+                // A connection waiting at the limit may now take this one's place.
+                self.connections.wake_acceptor();
+            }
         }
     }
 
@@ -349,8 +377,9 @@ impl<S> Tracked<S> {
                 idle_timeout = ?self.connections.0.idle_timeout,
                 "closing a connection idle with no message in flight"
             );
+            let mut registry = lock(&self.connections.0.registry);
             lock(&self.activity).closing = true;
-            lock(&self.connections.0.registry).closing += 1;
+            registry.closing += 1;
             return true;
         }
         false
@@ -359,8 +388,7 @@ impl<S> Tracked<S> {
 
 impl<S> Drop for Tracked<S> {
     fn drop(&mut self) {
-        let closing = lock(&self.activity).closing;
-        self.connections.forget(self.id, closing);
+        self.connections.forget(self.id, &self.activity);
     }
 }
 

@@ -162,3 +162,42 @@ async fn running_out_of_file_descriptors_does_not_end_the_server() {
     .await;
     assert!(daemon.is_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_connection_busy_a_new_one_waits_until_a_message_ends() {
+    let milter = TestMilter::example_com(KeyKind::Ed25519, "max_connections = 2").await;
+    let message = Message::simple("alice@example.com");
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut conn = milter.connect(loopback()).await;
+        assert_eq!(
+            conn.mail(["<alice@example.com>"]).await.unwrap(),
+            Status::Continue
+        );
+        busy.push(conn);
+    }
+    let socket = milter.socket.clone();
+    let waiting = tokio::spawn(async move { idle_connection(&socket).await });
+    // Nobody is idle: the third connection is not accepted, however long it waits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "no connection was closed for it");
+    let metrics = milter.runtime.load().env.metrics.clone();
+    assert_eq!(metrics.connections_closed(Closed::Evicted), 0);
+
+    // One message ends: its connection is idle now and makes room.
+    let mut first = busy.remove(0);
+    for (name, value) in &message.headers {
+        first.header(name.as_str(), value.as_str()).await.unwrap();
+    }
+    first.eoh().await.unwrap();
+    first.body(message.body.clone()).await.unwrap();
+    let (_, status) = first.eom().await.unwrap();
+    assert_eq!(status, Status::Continue);
+    let third = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("accepted once a connection was idle");
+    assert!(third.unwrap().is_ok());
+    assert_eq!(metrics.connections_closed(Closed::Evicted), 1);
+    drop(busy);
+    milter.stop().await;
+}
