@@ -4,8 +4,8 @@
 # place of cargo-fuzz's nightly-only -Z flags.
 #
 #   bench/fuzz.sh                  a campaign: every target for 10 minutes (--time SECONDS)
-#   bench/fuzz.sh --ci             what CI runs: a fixed-seed pass of a few thousand inputs per
-#                                  target from the generated seeds (about a minute)
+#   bench/fuzz.sh --ci             what CI runs: a fixed-seed pass of 50,000 inputs per target
+#                                  from the generated seeds (about a minute)
 #   bench/fuzz.sh --target NAME    one target (milter_session, config, key_parse)
 #
 # Targets (fuzz/fuzz_targets/): milter_session (one MTA connection per input to the real
@@ -20,7 +20,7 @@ exec </dev/null
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 TIME=600
-CI_RUNS=4000
+CI_RUNS=50000
 MODE=campaign
 TARGETS=(milter_session config key_parse)
 while [[ $# -gt 0 ]]; do

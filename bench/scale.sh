@@ -159,15 +159,18 @@ conns, ok = [], 0
 negotiate = struct.pack(">IcIII", 13, b"O", 6, 0x1ff, 0x1fffff)
 for _ in range(2000):
     s = socket.socket(socket.AF_UNIX)
-    s.settimeout(2)
+    s.settimeout(1)
     try:
         s.connect(path)
         s.sendall(negotiate)
-        if len(s.recv(64)) > 0:
-            ok += 1
+        if len(s.recv(64)) == 0:
+            break
+        ok += 1
     except OSError:
-        pass
-    conns.append(s)
+        # Not answered: the milter accepts no more (its connection limit).
+        break
+    finally:
+        conns.append(s)
 time.sleep(1)
 rss = [l for l in open("/proc/%s/status" % pid) if l.startswith("VmRSS")][0].split()[1]
 print(ok, rss)
