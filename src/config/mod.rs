@@ -16,8 +16,8 @@ mod values;
 pub use environment::check_environment;
 pub use error::ConfigError;
 pub use signing::{
-    DEFAULT_HEADERS, DomainMatch, SignatureLabel, SignerTemplate, SigningDomain, SigningTable,
-    normalize_domain,
+    DEFAULT_HEADERS, DomainMatch, Recipe, SignatureLabel, SignerTemplate, SigningDomain,
+    SigningTable, normalize_domain,
 };
 pub use template::Template;
 pub use values::{

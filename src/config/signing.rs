@@ -147,7 +147,7 @@ impl Params {
 }
 
 /// Which entry produced a signature, for logs and `check`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum SignatureLabel {
     Domain(String),
     Signature(String),
@@ -176,17 +176,33 @@ impl std::fmt::Display for SignatureLabel {
 }
 
 /// The `d=` of a signature.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum SigningDomain {
     /// The author (`From:`) domain; for a wildcard match, the actual subdomain.
     Author,
     Fixed(String),
 }
 
-/// One fully merged signature recipe. Turning it into a signature needs only the author domain.
-#[derive(Debug)]
+/// One entry of the table: its name, and the merged signature [`Recipe`] it signs with, which
+/// entries that end up with the same parameters share (100,000 domains that only inherit
+/// `[base]` hold one recipe). The recipe's fields read as the template's own
+/// (`template.selector`).
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct SignerTemplate {
     pub label: SignatureLabel,
+    pub recipe: Arc<Recipe>,
+}
+
+impl std::ops::Deref for SignerTemplate {
+    type Target = Recipe;
+    fn deref(&self) -> &Recipe {
+        &self.recipe
+    }
+}
+
+/// One fully merged signature recipe. Turning it into a signature needs only the author domain.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Recipe {
     pub domain: SigningDomain,
     pub selector: String,
     /// The `h=` list, oversigned entries already doubled; entries with the same list share it.
@@ -315,6 +331,7 @@ pub(super) fn build(
             )
         }),
         header_lists: std::cell::RefCell::new(HashMap::new()),
+        recipes: std::cell::RefCell::new(std::collections::HashSet::new()),
     };
 
     let mut table = SigningTable::default();
@@ -447,6 +464,8 @@ struct Context<'a> {
     vault_mode: Option<(Template, Template)>,
     /// Finished `h=` lists by what they were made from.
     header_lists: std::cell::RefCell<HashMap<HeaderListSpec, Arc<[String]>>>,
+    /// Every distinct recipe made so far.
+    recipes: std::cell::RefCell<std::collections::HashSet<Arc<Recipe>>>,
 }
 
 /// What an `h=` list is made from: the configured names (or none) and `over_sign`.
@@ -499,8 +518,7 @@ impl Context<'_> {
                 format!("{label} key event_name \"{name}\" has no [callbacks.\"{name}\"] section"),
             ));
         }
-        Ok(SignerTemplate {
-            label,
+        let recipe = self.shared_recipe(Recipe {
             domain,
             selector: selector.into_inner(),
             headers,
@@ -512,7 +530,19 @@ impl Context<'_> {
             on_error: params.on_error.unwrap_or_default(),
             policy,
             additional,
-        })
+        });
+        Ok(SignerTemplate { label, recipe })
+    }
+
+    /// The one copy of `recipe` every entry with the same parameters uses.
+    fn shared_recipe(&self, recipe: Recipe) -> Arc<Recipe> {
+        let mut recipes = self.recipes.borrow_mut();
+        if let Some(shared) = recipes.get(&recipe) {
+            return shared.clone();
+        }
+        let shared = Arc::new(recipe);
+        recipes.insert(shared.clone());
+        shared
     }
 
     /// The `h=` list made from `configured` and `over_sign`, shared with every entry that has
