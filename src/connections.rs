@@ -6,7 +6,7 @@
 //!   milter library's own per-command timeout covers it.
 //! - At `max_connections`, the connection that has been idle the longest is closed to make
 //!   room, so idle connections can never starve one that brings a message; only when every
-//!   connection has a message in flight do new ones wait in the accept backlog.
+//!   connection has a message in flight does a new one wait, until a message ends or a connection closes.
 //! - An accept that fails for lack of file descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM) does
 //!   not end the server, as it would in the milter library: an idle connection is closed to
 //!   free a descriptor, and accepting resumes after a short back-off. Errors of one incoming

@@ -84,8 +84,8 @@ pub struct MilterSettings {
     #[serde(default)]
     pub on_error: OnError,
     /// Concurrent MTA connections served. At the limit the connection idle the longest (no
-    /// message in flight) is closed to make room; with none idle, new ones wait in the accept
-    /// backlog. An idle connection costs a few KiB and one file descriptor.
+    /// message in flight) is closed to make room; with none idle, a new one waits until a message
+    /// ends or a connection closes. An idle connection costs about 19 KiB and one file descriptor.
     #[serde(
         default = "default_max_connections",
         deserialize_with = "bounded::max_connections"
@@ -425,8 +425,9 @@ fn default_trusted_networks() -> Vec<IpNet> {
         "::1/128".parse().expect("literal CIDR"),
     ]
 }
-/// Measured: an idle negotiated connection costs about 3 KiB (see BENCHMARKS.md), so 4,096
-/// of them are about 12 MiB; far more than a Postfix with its default 100 smtpd processes opens.
+/// Measured: an idle negotiated connection costs about 19 KiB of RSS (most of it the milter
+/// library's two 8 KiB stream buffers; see BENCHMARKS.md), so 4,096 of them are about 75 MiB;
+/// far more than a Postfix with its default 100 smtpd processes opens.
 fn default_max_connections() -> usize {
     4096
 }

@@ -173,6 +173,10 @@ pub struct Warming(Mutex<Option<JoinHandle<()>>>);
 impl Warming {
     /// Starts warming `runtime`'s keys in the background; `done` gets the report.
     pub fn restart(&self, runtime: Arc<Runtime>, done: impl FnOnce(WarmReport) + Send + 'static) {
+        // Pending from now on (by entries, until the pass has counted its distinct sources),
+        // so that /healthz never shows the previous pass's result as this one's.
+        let entries = runtime.config.signing.entry_count();
+        runtime.env.metrics.keys_warming(entries);
         let task = tokio::spawn(async move {
             let report = warm(runtime).await;
             done(report);
