@@ -93,11 +93,19 @@ hups, ok, failed = sys.argv[3], sys.argv[4], sys.argv[5]
 t = [r[0] for r in rows]
 m = [r[1] / 1024 for r in rows]
 n = len(rows)
-mt, mm = sum(t) / n, sum(m) / n
-var = sum((x - mt) ** 2 for x in t)
-slope = sum((x - mt) * (y - mm) for x, y in zip(t, m)) / var if var else 0.0
+
+def slope(ts, ms):
+    mt, mm = sum(ts) / len(ts), sum(ms) / len(ms)
+    var = sum((x - mt) ** 2 for x in ts)
+    return sum((x - mt) * (y - mm) for x, y in zip(ts, ms)) / var if var else 0.0
+
+half = n // 2
 print("soak: %d s, %d samples, %s SIGHUPs sent (%s reloads ok, %s failed)" % (t[-1], n, hups, ok, failed))
-print("RSS MiB: start %.1f, min %.1f, max %.1f, end %.1f; trend %+.1f MiB/hour" % (m[0], min(m), max(m), m[-1], slope * 3600))
+print("RSS MiB: start %.1f, min %.1f, max %.1f, end %.1f; mean of the second half %.1f" % (
+    m[0], min(m), max(m), m[-1], sum(m[half:]) / (n - half)))
+# The first half includes filling the key cache; a leak shows as a slope in the second.
+print("trend: %+.1f MiB/hour over the whole run, %+.1f MiB/hour over the second half" % (
+    slope(t, m) * 3600, slope(t[half:], m[half:]) * 3600))
 print("messages: %d signed at %.0f msgs/s, %d errors; worst end-of-message wait %.1f ms (p99 %.2f ms)" % (
     result["messages"], result["msgs_per_s"], result["errors"], result["eom_max_ms"], result["eom_p99_ms"]))
 sys.exit(1 if result["errors"] or float(failed) > 0 else 0)
