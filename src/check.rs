@@ -1,8 +1,14 @@
-//! Does every key a message can be signed with work right now? Used by `check` and at startup.
+//! Does every key a message can be signed with work right now? Used by `check` (every key
+//! loaded, on every core); the startup pass is [`crate::keys::warm`].
 
 use crate::inventory::{self, KeyLocation, KeyUse};
 use crate::keys::{Custody, SigningKey};
 use crate::runtime::Runtime;
+use futures_util::StreamExt as _;
+
+/// Keys loaded at once by `check`: parsing runs on the blocking pool, so this keeps every core
+/// busy, and it overlaps as many Vault or callback round trips.
+pub const CHECK_CONCURRENCY: usize = 64;
 
 /// The state of one key of the [inventory](crate::inventory).
 pub struct KeyStatus {
@@ -39,7 +45,7 @@ impl std::fmt::Display for KeyNote {
 }
 
 /// The notes for a key that resolved.
-fn notes_for(key: &SigningKey) -> Vec<KeyNote> {
+pub fn notes_for(key: &SigningKey) -> Vec<KeyNote> {
     let mut notes = Vec::new();
     if let Some(weakness) = key.weakness() {
         notes.push(KeyNote::Weak(weakness));
@@ -69,14 +75,14 @@ impl KeyStatus {
 }
 
 /// Resolves every key of the inventory through the runtime's key store (which also warms its
-/// cache), one after the other.
+/// cache), [`CHECK_CONCURRENCY`] at a time; the statuses come back in inventory order.
 pub async fn key_statuses(runtime: &Runtime) -> Vec<KeyStatus> {
     let keys = inventory::signing_keys(&runtime.config.signing);
-    let mut out = Vec::with_capacity(keys.len());
-    for key in &keys {
-        out.push(key_status(runtime, key).await);
-    }
-    out
+    futures_util::stream::iter(&keys)
+        .map(|key| key_status(runtime, key))
+        .buffered(CHECK_CONCURRENCY)
+        .collect()
+        .await
 }
 
 /// Loads one key and checks it against its signature's `algo`. A key that differs per message

@@ -6,6 +6,7 @@ use crate::config::keysource::{Pkcs11Source, ResolvedKeySource, TransitSource};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::inventory::{KeyLocation, SignAs};
 use crate::keys::generate::{KeyKind, generate, write_key_files, zone_record};
+use crate::keys::warm::Warming;
 use crate::mta_check;
 use crate::policy::{self, ClientAddr, Origin};
 use crate::runtime::{Environment, Runtime};
@@ -148,7 +149,12 @@ pub fn main() -> ExitCode {
 pub fn main_with(env: Environment) -> ExitCode {
     let cli = Cli::parse();
     let env = Arc::new(env);
-    let result = match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    let result = match command {
+        Command::Keygen { .. } | Command::Man { .. } => Ok(()),
+        _ => crate::config::check_environment().map_err(anyhow::Error::msg),
+    }
+    .and_then(|()| match command {
         Command::Run => run(&cli.config, env),
         Command::Check {
             dns,
@@ -212,14 +218,41 @@ pub fn main_with(env: Environment) -> ExitCode {
         Command::Man { out } => crate::manpage::write_pages(Cli::command(), &out)
             .map(|_| ExitCode::SUCCESS)
             .with_context(|| format!("cannot write the manual pages into {}", out.display())),
-    };
+    });
     match result {
         Ok(code) => code,
+        // The reader went away (`check | head -1`): stop quietly, as a program killed by
+        // SIGPIPE would, without a message nobody reads.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
-            eprintln!("signet-milter: {e:#}");
+            // Not eprintln!: it panics when stderr is closed.
+            let _ = writeln!(std::io::stderr(), "signet-milter: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// A line for the person at the terminal on stderr; a closed stderr is no reason to fail.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// A line of command output on stdout; an error (a closed stdout, a reader that went away)
+/// ends the command instead of panicking as `println!` does.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*).context("cannot write to stdout")?
+    };
 }
 
 fn runtime_builder() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -246,20 +279,16 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     if config.signing.is_empty() {
         tracing::warn!("no [domain] or [signature] entries: nothing will be signed");
     }
+    check_open_file_limit(config.milter.max_connections);
+    env.metrics
+        .set_per_domain_series(config.metrics.per_domain_series);
     let runtime = Runtime::with_environment(config, env);
+    // The parsed TOML document is gone: give its memory back (it can be hundreds of MiB for a
+    // large signing table).
+    crate::memory::release_free_memory();
     runtime_builder()?.block_on(async move {
-        // Load every key once at startup: problems show in the log now, not on the first message.
-        for status in crate::check::key_statuses(&runtime).await {
-            if let Some(problem) = status.problem() {
-                tracing::warn!("key not usable yet: {problem}");
-            }
-            for note in &status.notes {
-                match note {
-                    KeyNote::Weak(text) => tracing::warn!(entry = %status.entry, selector = %status.selector, "{text}"),
-                    KeyNote::Remote(text) => tracing::info!(entry = %status.entry, selector = %status.selector, "{text}"),
-                }
-            }
-        }
+        // Serve first: no key is fetched before the socket is bound, so a hung key backend
+        // cannot keep the milter from starting (keys are warmed in the background below).
         let listener = server::bind(&runtime.config.milter).await?;
         let listen = runtime.config.milter.listen.clone();
         let metrics = runtime.env.metrics.clone();
@@ -269,10 +298,14 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
             tracing::info!(listen = %addr, "metrics at /metrics, health at /healthz");
         }
         let shared = Arc::new(ArcSwap::from_pointee(runtime));
-        server::spawn_reload_on_sighup(config_path.to_owned(), shared.clone())?;
+        let warming = Arc::new(Warming::default());
+        server::spawn_reload_on_sighup(config_path.to_owned(), shared.clone(), warming.clone())?;
         tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), "signet-milter listening");
-        crate::notify::ready(&format!("listening on {listen}"));
+        // READY=1 means: the socket accepts and the configuration is in force. Keys still
+        // warming or failing do not hold it back; their messages get on_error.
+        crate::notify::ready(&format!("listening on {listen}; checking keys"));
         metrics.set_ready(true);
+        warming.restart(shared.load_full(), server::warmed);
         let stopping = {
             let metrics = metrics.clone();
             async move {
@@ -286,6 +319,24 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Raises the open-file limit as far as allowed and says when `max_connections` cannot be
+/// reached within it (accepting then waits for descriptors instead).
+fn check_open_file_limit(max_connections: usize) {
+    match crate::connections::raise_open_file_limit() {
+        Ok(limit) => {
+            let room = limit.saturating_sub(crate::connections::RESERVED_FDS);
+            if (max_connections as u64) > room {
+                tracing::warn!(
+                    max_connections,
+                    open_file_limit = limit,
+                    "the open-file limit allows only about {room} connections, fewer than [milter] max_connections: raise LimitNOFILE (ulimit -n) or lower max_connections"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
 /// `dns`: `None` for no DNS check, `Some(None)` for the system's resolvers.
 fn check(
     config_path: &Path,
@@ -295,16 +346,16 @@ fn check(
     mta: &mta_check::Targets,
 ) -> anyhow::Result<ExitCode> {
     let config = load(config_path, &env)?;
-    println!("{}: configuration ok", config_path.display());
+    say!("{}: configuration ok", config_path.display());
     for w in &config.signing.warnings {
-        println!("warning: {w}");
+        say!("warning: {w}");
     }
     let runtime = Runtime::with_environment(config, env);
     let tokio = runtime_builder()?;
     let statuses = tokio.block_on(crate::check::key_statuses(&runtime));
     if statuses.is_empty() {
-        println!("no signing entries: nothing will be signed");
-        return Ok(exit_code(check_mtas(&runtime.config, mta)));
+        say!("no signing entries: nothing will be signed");
+        return Ok(exit_code(check_mtas(&runtime.config, mta)?));
     }
     let rows: Vec<[String; 6]> = statuses
         .iter()
@@ -332,28 +383,28 @@ fn check(
             "STATUS",
         ],
         &rows,
-    );
+    )?;
     for status in &statuses {
         for note in &status.notes {
             let kind = match note {
                 KeyNote::Weak(_) => "warning",
                 KeyNote::Remote(_) => "note",
             };
-            println!("{kind}: {}/{}: {note}", status.domain, status.selector);
+            say!("{kind}: {}/{}: {note}", status.domain, status.selector);
         }
     }
     let failed = statuses.iter().filter(|s| s.status.is_err()).count();
     if failed > 0 {
-        println!("{failed} of {} keys not usable", statuses.len());
+        say!("{failed} of {} keys not usable", statuses.len());
     }
     if records {
-        tokio.block_on(print_records(&runtime));
+        tokio.block_on(print_records(&runtime))?;
     }
     let dns_ok = match dns {
         Some(server) => tokio.block_on(check_dns(&runtime, server))?,
         None => true,
     };
-    let mta_ok = check_mtas(&runtime.config, mta);
+    let mta_ok = check_mtas(&runtime.config, mta)?;
     Ok(exit_code(failed == 0 && dns_ok && mta_ok))
 }
 
@@ -367,33 +418,34 @@ fn exit_code(ok: bool) -> ExitCode {
 
 /// Prints what the MTA configurations asked for do to signing; returns whether none of them
 /// can make mail leave unsigned or break its signatures (warnings do not count).
-fn check_mtas(config: &Config, targets: &mta_check::Targets) -> bool {
+fn check_mtas(config: &Config, targets: &mta_check::Targets) -> anyhow::Result<bool> {
     let expect = mta_check::Expectations::from_config(config);
     let mut ok = true;
     for result in mta_check::reports(targets, &expect) {
-        println!();
+        say!();
         match result {
             Ok(report) => {
-                print!("{}", report.render());
+                write!(std::io::stdout(), "{}", report.render())
+                    .context("cannot write to stdout")?;
                 ok &= !report.has_problems();
             }
             Err(e) => {
-                println!("cannot check the MTA: {e}");
+                say!("cannot check the MTA: {e}");
                 ok = false;
             }
         }
     }
-    ok
+    Ok(ok)
 }
 
 /// The zone-file line to publish for every key that could be loaded.
-async fn print_records(runtime: &Runtime) {
-    println!();
-    println!("DNS records to publish:");
+async fn print_records(runtime: &Runtime) -> anyhow::Result<()> {
+    say!();
+    say!("DNS records to publish:");
     for planned in crate::inventory::signing_keys(&runtime.config.signing) {
         let (SignAs::Domain(domain), KeyLocation::Known(source)) = (&planned.domain, &planned.key)
         else {
-            println!(
+            say!(
                 "; {}: one record per author domain, at {}._domainkey.<domain>",
                 planned.domain_text(),
                 planned.selector()
@@ -401,35 +453,36 @@ async fn print_records(runtime: &Runtime) {
             continue;
         };
         match runtime.keys.get(source).await {
-            Ok(key) => println!("{}", zone_record(domain, planned.selector(), &key)),
-            Err(_) => println!(
+            Ok(key) => say!("{}", zone_record(domain, planned.selector(), &key)),
+            Err(_) => say!(
                 "; {}._domainkey.{domain}: no key to publish (see the table above)",
                 planned.selector()
             ),
         }
     }
+    Ok(())
 }
 
 /// Prints what DNS publishes for every selector; returns whether all of it is right.
 async fn check_dns(runtime: &Runtime, server: Option<SocketAddr>) -> anyhow::Result<bool> {
     let dns = crate::dns::Dns::new(server).map_err(anyhow::Error::msg)?;
     let published = crate::dns_check::check_published_keys(runtime, &dns).await;
-    println!();
-    println!("DNS ({}):", crate::dns::asked(server));
+    say!();
+    say!("DNS ({}):", crate::dns::asked(server));
     let rows: Vec<[String; 3]> = published
         .iter()
         .map(|p| [p.name(), p.entry.clone(), p.status.to_string()])
         .collect();
-    print_table(&["NAME", "ENTRY", "PUBLISHED KEY"], &rows);
+    print_table(&["NAME", "ENTRY", "PUBLISHED KEY"], &rows)?;
     let problems: Vec<_> = published.iter().filter(|p| p.status.is_problem()).collect();
     for p in &problems {
         if let (Some(key), true) = (&p.key, p.status.wants_record()) {
-            println!("publish for {}:", p.name());
-            println!("  {}", zone_record(&p.domain, &p.selector, key));
+            say!("publish for {}:", p.name());
+            say!("  {}", zone_record(&p.domain, &p.selector, key));
         }
     }
     if !problems.is_empty() {
-        println!(
+        say!(
             "{} of {} DNS records not right",
             problems.len(),
             published.len()
@@ -445,28 +498,33 @@ fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("\"{text}\" is not an IP address or IP:PORT"))
 }
 
-fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> anyhow::Result<()> {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; N]| {
-        let mut out = String::new();
+    let mut out = String::new();
+    let mut line = |cells: [&str; N]| {
+        let mut text = String::new();
         for (i, cell) in cells.iter().enumerate() {
             if i == N - 1 {
-                out.push_str(cell);
+                text.push_str(cell);
             } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        out.push_str(text.trim_end());
+        out.push('\n');
     };
     line(*header);
     for row in rows {
         line(row.each_ref().map(String::as_str));
     }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("cannot write to stdout")
 }
 
 fn sign(
@@ -490,7 +548,7 @@ fn sign(
     let runtime = Arc::new(Runtime::with_environment(config, env));
     let mut stdout = std::io::stdout().lock();
     let Some(trust) = policy::may_sign(&runtime.config.milter, &origin) else {
-        eprintln!(
+        note!(
             "not signed: client {} is neither trusted nor authenticated",
             origin.client
         );
@@ -508,7 +566,7 @@ fn sign(
     match decision {
         HeadersDecision::Sign => {}
         HeadersDecision::Skip(reason) => {
-            eprintln!("not signed ({trust}): {reason}");
+            note!("not signed ({trust}): {reason}");
             stdout.write_all(&raw)?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -522,7 +580,7 @@ fn sign(
         bail!("not signed: {failure}");
     }
     for failure in &outcome.accepted_failures {
-        eprintln!("signature left out: {failure}");
+        note!("signature left out: {failure}");
     }
     let eol: &str = if message.uses_crlf { "\r\n" } else { "\n" };
     // Each signature goes on top, as the milter inserts them at index 0.
@@ -560,7 +618,7 @@ fn verify(
     };
     let report = runtime_builder()?.block_on(crate::verify::verify(&raw, lookup))?;
     if report.signatures.is_empty() {
-        println!("no DKIM-Signature header: the message is not signed");
+        say!("no DKIM-Signature header: the message is not signed");
         return Ok(ExitCode::FAILURE);
     }
     let rows: Vec<[String; 4]> = report
@@ -579,26 +637,26 @@ fn verify(
             ]
         })
         .collect();
-    print_table(&["DOMAIN", "SELECTOR", "ALGORITHM", "RESULT"], &rows);
-    println!();
-    println!("{}", report.authentication_results);
+    print_table(&["DOMAIN", "SELECTOR", "ALGORITHM", "RESULT"], &rows)?;
+    say!();
+    say!("{}", report.authentication_results);
     let judged: Vec<_> = report
         .signatures
         .iter()
         .filter(|s| domains.is_empty() || domains.iter().any(|d| d.eq_ignore_ascii_case(&s.domain)))
         .collect();
     if judged.is_empty() {
-        println!();
-        println!("no signature with d={}", domains.join(" or d="));
+        say!();
+        say!("no signature with d={}", domains.join(" or d="));
         return Ok(ExitCode::FAILURE);
     }
     let failed = judged.iter().filter(|s| !s.passed()).count();
-    println!();
+    say!();
     if failed == 0 {
-        println!("{} of {} signatures pass", judged.len(), judged.len());
+        say!("{} of {} signatures pass", judged.len(), judged.len());
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{failed} of {} signatures do not pass", judged.len());
+        say!("{failed} of {} signatures do not pass", judged.len());
         Ok(ExitCode::FAILURE)
     }
 }
@@ -608,12 +666,12 @@ fn keygen(kind: KeyKind, domain: &str, selector: &str, out: &Path) -> anyhow::Re
     let generated = generate(kind)?;
     let (key_path, dns_path) = write_key_files(out, &domain, selector, &generated)
         .with_context(|| format!("cannot write the key under {}", out.display()))?;
-    eprintln!("private key: {} (mode 0600)", key_path.display());
-    eprintln!(
+    note!("private key: {} (mode 0600)", key_path.display());
+    note!(
         "DNS record:  {} (publish it before signing with this selector)",
         dns_path.display()
     );
-    println!("{}", zone_record(&domain, selector, &generated.key));
+    say!("{}", zone_record(&domain, selector, &generated.key));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -652,7 +710,7 @@ fn keygen_remote(
     let key = runtime_builder()?
         .block_on(backends.create_remote(source, kind))
         .context("cannot create the key")?;
-    eprintln!(
+    note!(
         "created {} ({}); the private key never leaves it",
         source,
         key.describe()
@@ -678,9 +736,9 @@ fn keygen_remote(
         }
         _ => String::new(),
     };
-    eprintln!("configuration for [domain.\"{domain}\"] with selector = \"{selector}\":");
-    eprintln!("  {line}");
-    eprintln!("DNS record (publish it before signing with this selector):");
-    println!("{}", zone_record(&domain, selector, &key));
+    note!("configuration for [domain.\"{domain}\"] with selector = \"{selector}\":");
+    note!("  {line}");
+    note!("DNS record (publish it before signing with this selector):");
+    say!("{}", zone_record(&domain, selector, &key));
     Ok(ExitCode::SUCCESS)
 }

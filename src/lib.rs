@@ -7,12 +7,14 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod dns;
 pub mod dns_check;
 pub mod inventory;
 pub mod keys;
 pub mod logging;
 pub mod manpage;
+pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod milter;

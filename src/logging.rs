@@ -9,6 +9,7 @@ use crate::config::{LogFormat, LogLevel, LogSettings};
 use std::os::fd::AsFd as _;
 use std::os::unix::fs::MetadataExt as _;
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::field::MakeExt as _;
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, layer};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -55,7 +56,8 @@ where
     let text = layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
-        .with_target(false);
+        .with_target(false)
+        .fmt_fields(escaped_fields());
     let json = layer()
         .with_writer(std::io::stderr)
         .json()
@@ -75,6 +77,38 @@ where
         (LogFormat::Json, true) => json
             .event_format(JournalPriority(json_format.without_time()))
             .boxed(),
+    }
+}
+
+/// Field values as the default text format writes them, with control characters escaped
+/// (`\r`, `\n`, `\u{1b}`): a sender address, SASL login or queue id with a CR/LF in it could
+/// otherwise start a line of its own that looks like ours. The JSON format escapes them anyway.
+fn escaped_fields() -> impl for<'w> FormatFields<'w> + 'static {
+    format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            write!(writer, "{}", Escaped(&text))
+        } else {
+            write!(writer, "{}={}", field.name(), Escaped(&text))
+        }
+    })
+    .delimited(" ")
+}
+
+/// Text with every control character written as its escape.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -142,6 +176,45 @@ mod tests {
         for malformed in ["", "65", "65:", ":12345", "x:y", "65:12345:1", "-1:12345"] {
             assert!(!names_stream(malformed, 65, 12345), "{malformed:?}");
         }
+    }
+
+    #[test]
+    fn control_characters_in_values_cannot_start_a_line() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            layer()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .with_target(false)
+                .without_time()
+                .fmt_fields(escaped_fields()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let forged = "Q1\r\nINFO signed queue_id=FORGED result=\"signed\"\u{1b}[2J";
+            tracing::info!(queue_id = %forged, sender = forged, "not signed: {forged}");
+        });
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.ends_with('\n'));
+        assert!(!out.contains('\u{1b}'), "{out}");
+        assert!(
+            out.contains("queue_id=Q1\\r\\nINFO signed queue_id=FORGED"),
+            "{out}"
+        );
+        assert!(out.contains("INFO not signed: Q1\\r\\n"), "{out}");
     }
 
     #[test]

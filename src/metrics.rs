@@ -11,9 +11,39 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Which domains have series of their own.
+#[derive(Default)]
+struct PerDomain {
+    limit: usize,
+    admitted: HashSet<String>,
+}
+
+impl PerDomain {
+    /// The label to count `domain` under; `None` when domains are not counted at all.
+    fn label(&mut self, domain: &str) -> Option<String> {
+        if self.limit == 0 {
+            return None;
+        }
+        if self.admitted.contains(domain) {
+            return Some(domain.to_string());
+        }
+        if self.admitted.len() < self.limit {
+            self.admitted.insert(domain.to_string());
+            return Some(domain.to_string());
+        }
+        Some(OTHER_DOMAINS.to_string())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update is a few field writes that cannot panic half-way.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Label pairs with static names and values: no allocation to count.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
@@ -26,9 +56,12 @@ fn fetch_histogram() -> Histogram {
 /// What a key lookup was answered with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// A fresh cached key.
+    /// A fresh cached key: no backend asked.
     Hit,
-    /// Not cached (or expired past use): fetched while the message waited.
+    /// A cached file key whose once-a-second `stat` showed the file unchanged.
+    Revalidated,
+    /// Not cached (or expired past use, or the file changed): read or fetched while the
+    /// message waited.
     Miss,
     /// The last good key, past its `ttl`, served while a refresh runs or fails.
     Stale,
@@ -40,6 +73,7 @@ impl Lookup {
     fn as_str(self) -> &'static str {
         match self {
             Lookup::Hit => "hit",
+            Lookup::Revalidated => "revalidated",
             Lookup::Miss => "miss",
             Lookup::Stale => "stale",
             Lookup::Negative => "negative",
@@ -80,10 +114,40 @@ struct SignatureLabels {
     algorithm: &'static str,
 }
 
+/// Why the milter closed a connection itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// No message in flight and nothing sent for `[milter] idle_timeout`.
+    Idle,
+    /// The idle connection closed to make room at `max_connections` or when file
+    /// descriptors ran out.
+    Evicted,
+}
+
+impl Closed {
+    fn as_str(self) -> &'static str {
+        match self {
+            Closed::Idle => "idle",
+            Closed::Evicted => "evicted",
+        }
+    }
+}
+
+/// The domain label of signatures beyond `[metrics] per_domain_series`.
+pub const OTHER_DOMAINS: &str = "other";
+
 pub struct Metrics {
     registry: Registry,
     messages: Family<Labels<2>, Counter>,
-    signatures: Family<SignatureLabels, Counter>,
+    signatures: Family<Labels<1>, Counter>,
+    /// Per signing domain, only with `[metrics] per_domain_series`, and for that many domains.
+    domain_signatures: Family<SignatureLabels, Counter>,
+    per_domain: Mutex<PerDomain>,
+    keys: Family<Labels<1>, Gauge>,
+    connections: Gauge,
+    connections_closed: Family<Labels<1>, Counter>,
+    connection_limit: Counter,
+    accept_errors: Family<Labels<1>, Counter>,
     signature_failures: Family<Labels<1>, Counter>,
     reloads: Family<Labels<1>, Counter>,
     key_lookups: Family<Labels<2>, Counter>,
@@ -113,11 +177,43 @@ impl Metrics {
             "Messages by result (signed, skipped, failed) and reason",
             messages.clone(),
         );
-        let signatures = Family::<SignatureLabels, Counter>::default();
+        let signatures = Family::<Labels<1>, Counter>::default();
         registry.register(
             "signatures",
-            "DKIM signatures added, by signing domain and algorithm",
+            "DKIM signatures added, by algorithm",
             signatures.clone(),
+        );
+        let domain_signatures = Family::<SignatureLabels, Counter>::default();
+        registry.register(
+            "domain_signatures",
+            "DKIM signatures added, by signing domain and algorithm (with [metrics] per_domain_series; later domains count as \"other\")",
+            domain_signatures.clone(),
+        );
+        let keys = Family::<Labels<1>, Gauge>::default();
+        registry.register(
+            "keys",
+            "Configured key sources by state after the last warm-up pass (ok, failed, pending)",
+            keys.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register("connections", "Open MTA connections", connections.clone());
+        let connections_closed = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the milter closed itself, by reason (idle, evicted)",
+            connections_closed.clone(),
+        );
+        let connection_limit = Counter::default();
+        registry.register(
+            "connection_limit_reached",
+            "Connections that found max_connections reached (an idle one was closed, or they waited)",
+            connection_limit.clone(),
+        );
+        let accept_errors = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts of MTA connections, by kind (fd_exhausted, other)",
+            accept_errors.clone(),
         );
         let signature_failures = Family::<Labels<1>, Counter>::default();
         registry.register(
@@ -153,6 +249,13 @@ impl Metrics {
             registry,
             messages,
             signatures,
+            domain_signatures,
+            per_domain: Mutex::new(PerDomain::default()),
+            keys,
+            connections,
+            connections_closed,
+            connection_limit,
+            accept_errors,
             signature_failures,
             reloads,
             key_lookups,
@@ -170,13 +273,87 @@ impl Metrics {
         self.messages.get_or_create(&result.labels()).get()
     }
 
+    /// Gives up to `limit` signing domains series of their own (`[metrics] per_domain_series`).
+    pub fn set_per_domain_series(&self, limit: usize) {
+        lock(&self.per_domain).limit = limit;
+    }
+
     pub fn signature(&self, domain: &str, algorithm: &'static str) {
         self.signatures
-            .get_or_create(&SignatureLabels {
-                domain: domain.to_string(),
-                algorithm,
-            })
+            .get_or_create(&[("algorithm", algorithm)])
             .inc();
+        let Some(domain) = lock(&self.per_domain).label(domain) else {
+            return;
+        };
+        self.domain_signatures
+            .get_or_create(&SignatureLabels { domain, algorithm })
+            .inc();
+    }
+
+    /// A warm-up pass starts over `total` key sources.
+    pub fn keys_warming(&self, total: usize) {
+        self.set_keys(0, 0, total);
+    }
+
+    /// Progress of the warm-up pass.
+    pub fn key_warmed(&self, ok: usize, failed: usize) {
+        let total = self.keys_total();
+        self.set_keys(ok, failed, total.saturating_sub(ok + failed));
+    }
+
+    fn set_keys(&self, ok: usize, failed: usize, pending: usize) {
+        for (state, n) in [("ok", ok), ("failed", failed), ("pending", pending)] {
+            self.keys
+                .get_or_create(&[("state", state)])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn keys_total(&self) -> usize {
+        ["ok", "failed", "pending"]
+            .iter()
+            .map(|state| self.keys.get_or_create(&[("state", state)]).get())
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .sum()
+    }
+
+    /// `(ok, failed, pending)` key sources of the last warm-up pass.
+    pub fn key_states(&self) -> (i64, i64, i64) {
+        let get = |state| self.keys.get_or_create(&[("state", state)]).get();
+        (get("ok"), get("failed"), get("pending"))
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub fn connection_ended(&self) {
+        self.connections.dec();
+    }
+
+    pub fn open_connections(&self) -> i64 {
+        self.connections.get()
+    }
+
+    pub fn connection_closed(&self, why: Closed) {
+        self.connections_closed
+            .get_or_create(&[("reason", why.as_str())])
+            .inc();
+    }
+
+    pub fn connections_closed(&self, why: Closed) -> u64 {
+        self.connections_closed
+            .get_or_create(&[("reason", why.as_str())])
+            .get()
+    }
+
+    pub fn connection_limit_reached(&self) {
+        self.connection_limit.inc();
+    }
+
+    /// `fd_exhausted`: EMFILE/ENFILE and the like; `other`: anything else.
+    pub fn accept_error(&self, kind: &'static str) {
+        self.accept_errors.get_or_create(&[("kind", kind)]).inc();
     }
 
     /// `action` is the `on_error` applied: `tempfail`, `reject` or `accept`.
@@ -288,7 +465,9 @@ fn respond<B>(metrics: &Metrics, request: &hyper::Request<B>) -> hyper::Response
             metrics.encode(),
         ),
         (&hyper::Method::GET, "/healthz") if metrics.is_ready() => {
-            (200, "text/plain", "ok\n".to_string())
+            let (ok, failed, pending) = metrics.key_states();
+            let body = format!("ok\nkeys: {ok} ok, {failed} failed, {pending} pending\n");
+            (200, "text/plain", body)
         }
         (&hyper::Method::GET, "/healthz") => (503, "text/plain", "not ready\n".to_string()),
         _ => (
@@ -310,6 +489,46 @@ fn respond<B>(metrics: &Metrics, request: &hyper::Request<B>) -> hyper::Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_do_not_grow_with_the_domains_unless_asked_and_then_only_so_far() {
+        let m = Metrics::new();
+        for i in 0..1000 {
+            m.signature(&format!("d{i}.example"), "ed25519-sha256");
+        }
+        let text = m.encode();
+        assert!(text.contains("signet_signatures_total{algorithm=\"ed25519-sha256\"} 1000"));
+        assert!(!text.contains("d1.example"), "no domain label by default");
+
+        let m = Metrics::new();
+        m.set_per_domain_series(2);
+        for domain in [
+            "a.example",
+            "b.example",
+            "c.example",
+            "a.example",
+            "d.example",
+        ] {
+            m.signature(domain, "rsa-sha256");
+        }
+        let text = m.encode();
+        let series = |d: &str| {
+            format!("signet_domain_signatures_total{{domain=\"{d}\",algorithm=\"rsa-sha256\"}}")
+        };
+        assert!(
+            text.contains(&format!("{} 2", series("a.example"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 1", series("b.example"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 2", series(OTHER_DOMAINS))),
+            "{text}"
+        );
+        assert!(!text.contains("c.example"), "{text}");
+    }
 
     #[test]
     fn counts_appear_in_the_exposition() {

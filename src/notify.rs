@@ -1,5 +1,6 @@
-//! Tells systemd (`Type=notify`) what the daemon is doing: ready once the socket is bound and
-//! the keys are loaded, reloading around SIGHUP, stopping at shutdown. Without `NOTIFY_SOCKET`
+//! Tells systemd (`Type=notify`) what the daemon is doing: ready as soon as the socket is bound
+//! (keys are checked after it; their result is a STATUS update), reloading around SIGHUP,
+//! stopping at shutdown. Without `NOTIFY_SOCKET`
 //! (not started by systemd, or by the tests) every call does nothing.
 //!
 //! The `sd-notify` crate writes the datagram; it is small, depends only on libc, and spells the
@@ -8,7 +9,7 @@
 use sd_notify::NotifyState;
 use tracing::warn;
 
-/// The socket is listening and every key has been tried.
+/// The socket is listening with a configuration in force.
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
@@ -36,4 +37,9 @@ fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         warn!("cannot notify systemd: {e}");
     }
+}
+
+/// What the daemon is doing, for `systemctl status` (without changing its state).
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
 }

@@ -32,6 +32,7 @@ impl Runtime {
     pub fn with_environment(config: Config, env: Arc<Environment>) -> Self {
         let keys = Arc::new(KeyCache::new(
             config.keys.cache.clone(),
+            key_capacity(&config),
             Backends::new(&config, &env.callbacks),
             env.metrics.clone(),
         ));
@@ -40,18 +41,43 @@ impl Runtime {
 
     /// The runtime of the configuration now in `path`. When the key settings
     /// ([`crate::config::KeyConfig`]) did not change, the key cache carries over: keys stay
-    /// warm, Vault sessions stay logged in, and stale keys stay available.
-    pub fn reload(&self, path: &Path) -> Result<Self, ConfigError> {
-        let config = Config::load_with_callbacks(path, &self.env.callbacks.names())?;
-        if config.keys == self.config.keys {
-            Ok(Runtime {
-                config,
-                keys: self.keys.clone(),
-                env: self.env.clone(),
-            })
-        } else {
+    /// warm, Vault sessions stay logged in, and stale keys stay available (in a larger cache
+    /// when the configuration outgrew the old one). The file is read and checked on tokio's
+    /// blocking pool: a large one takes a while, and the workers go on serving meanwhile.
+    pub async fn reload(&self, path: &Path) -> Result<Self, ConfigError> {
+        let config = {
+            let file = path.to_owned();
+            let registered = self.env.callbacks.names();
+            tokio::task::spawn_blocking(move || Config::load_with_callbacks(&file, &registered))
+                .await
+                .map_err(|_| ConfigError::Io {
+                    path: path.to_owned(),
+                    error: std::io::Error::other("the configuration loading task failed"),
+                })??
+        };
+        if config.keys != self.config.keys {
             tracing::info!("key settings changed: starting with an empty key cache");
-            Ok(Self::with_environment(config, self.env.clone()))
+            return Ok(Self::with_environment(config, self.env.clone()));
         }
+        let capacity = key_capacity(&config);
+        let keys = if capacity > self.keys.capacity() {
+            tracing::info!(
+                capacity,
+                "the signing table outgrew the key cache: moving the cached keys to a larger one"
+            );
+            Arc::new(self.keys.resized(capacity).await)
+        } else {
+            self.keys.clone()
+        };
+        Ok(Runtime {
+            config,
+            keys,
+            env: self.env.clone(),
+        })
     }
+}
+
+/// Room for the configuration's own entries, unless `[cache] capacity` says otherwise.
+fn key_capacity(config: &Config) -> u64 {
+    config.keys.cache.capacity_for(config.signing.entry_count())
 }

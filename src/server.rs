@@ -1,6 +1,8 @@
 //! Listening for the MTA: unix or TCP socket, signals for reload and shutdown.
 
-use crate::config::{ListenAddr, MilterSettings};
+use crate::config::{Config, ListenAddr, MilterSettings};
+use crate::connections::{Connections, Limited};
+use crate::keys::warm::Warming;
 use crate::milter;
 use crate::notify;
 use crate::reply_batch::Batched;
@@ -164,17 +166,23 @@ pub async fn serve(
     runtime: Arc<ArcSwap<Runtime>>,
     shutdown: impl Future,
 ) -> io::Result<()> {
-    let settings = runtime.load().config.milter.clone();
+    let (settings, metrics) = {
+        let current = runtime.load();
+        (current.config.milter.clone(), current.env.metrics.clone())
+    };
     let config = indymilter::Config {
-        max_connections: settings.max_connections,
+        // `Limited` applies `max_connections` itself: the library's own limit would stop
+        // calling accept at the limit, and an idle connection could not be closed for a new one.
+        max_connections: usize::MAX >> 4,
         ..Default::default()
     };
+    let connections = Connections::new(settings.max_connections, settings.idle_timeout, metrics);
     let in_flight = milter::MessagesInFlight::default();
     let BoundListener { listener, socket } = listener;
     let (stop_accepting, accepting_stopped) = oneshot::channel();
     let listener = StopAccepting {
         // Batched: one write for all of an end-of-message's replies.
-        inner: Some(Batched(listener)),
+        inner: Some(Batched(Limited::new(listener, connections))),
         stop: accepting_stopped,
     };
     let drained = {
@@ -234,13 +242,20 @@ impl<L: Listener> Listener for StopAccepting<L> {
 }
 
 /// Re-reads the configuration on every SIGHUP. A bad new file is logged and the running one
-/// stays; messages already under way finish with the rules they started with.
-pub fn spawn_reload_on_sighup(path: PathBuf, runtime: Arc<ArcSwap<Runtime>>) -> io::Result<()> {
+/// stays; messages already under way finish with the rules they started with. The keys of the
+/// new configuration are warmed in the background (`warming`).
+pub fn spawn_reload_on_sighup(
+    path: PathBuf,
+    runtime: Arc<ArcSwap<Runtime>>,
+    warming: Arc<Warming>,
+) -> io::Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             notify::reloading();
-            let status = if reload(&path, &runtime) {
+            let status = if reload(&path, &runtime).await {
+                let current = runtime.load_full();
+                warming.restart(current, warmed);
                 "configuration reloaded"
             } else {
                 "reload failed; the previous configuration is in use"
@@ -251,16 +266,25 @@ pub fn spawn_reload_on_sighup(path: PathBuf, runtime: Arc<ArcSwap<Runtime>>) -> 
     Ok(())
 }
 
+/// Logs and reports (systemd STATUS) how a warm-up pass ended.
+pub fn warmed(report: crate::keys::warm::WarmReport) {
+    info!(
+        ok = report.ok,
+        failed = report.failed,
+        skipped = report.skipped,
+        "keys checked"
+    );
+    notify::status(&format!("serving; {report}"));
+    crate::memory::release_free_memory();
+}
+
 /// Loads `path` and swaps it in; returns whether it did.
-pub fn reload(path: &Path, runtime: &ArcSwap<Runtime>) -> bool {
+pub async fn reload(path: &Path, runtime: &ArcSwap<Runtime>) -> bool {
     let current = runtime.load_full();
-    match current.reload(path) {
+    match current.reload(path).await {
         Ok(new) => {
-            if new.config.milter.listen != current.config.milter.listen {
-                warn!("the listen address changed; it takes effect at the next restart");
-            }
-            if new.config.metrics != current.config.metrics {
-                warn!("[metrics] changed; it takes effect at the next restart");
+            for setting in needing_restart(&current.config, &new.config) {
+                warn!("{setting} changed; the change takes effect at the next restart");
             }
             for w in &new.config.signing.warnings {
                 warn!("{w}");
@@ -268,6 +292,7 @@ pub fn reload(path: &Path, runtime: &ArcSwap<Runtime>) -> bool {
             runtime.store(Arc::new(new));
             info!(config = %path.display(), "configuration reloaded");
             current.env.metrics.reload(true);
+            retire(current);
             true
         }
         Err(e) => {
@@ -276,6 +301,46 @@ pub fn reload(path: &Path, runtime: &ArcSwap<Runtime>) -> bool {
             false
         }
     }
+}
+
+/// Frees a replaced configuration on the blocking pool, once the messages that started with it
+/// are done: dropping 100,000 entries takes tens of milliseconds no connection should wait for.
+/// Then the memory goes back to the system.
+fn retire(old: Arc<Runtime>) {
+    tokio::task::spawn_blocking(move || {
+        while Arc::strong_count(&old) > 1 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(old);
+        crate::memory::release_free_memory();
+    });
+}
+
+/// The settings that are read once at startup (the listener, the connection machinery, the
+/// logger, the metrics endpoint), named when a reload changed them.
+pub fn needing_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.milter, &new.milter);
+    let mut changed = Vec::new();
+    let mut check = |differs: bool, name| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check(a.listen != b.listen, "[milter] listen");
+    check(a.socket_mode != b.socket_mode, "[milter] socket_mode");
+    check(a.socket_group != b.socket_group, "[milter] socket_group");
+    check(
+        a.max_connections != b.max_connections,
+        "[milter] max_connections",
+    );
+    check(a.idle_timeout != b.idle_timeout, "[milter] idle_timeout");
+    check(
+        a.shutdown_timeout != b.shutdown_timeout,
+        "[milter] shutdown_timeout",
+    );
+    check(old.log != new.log, "[log]");
+    check(old.metrics != new.metrics, "[metrics]");
+    changed
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -293,4 +358,36 @@ pub async fn termination() {
         _ = int.recv() => info!("SIGINT: shutting down"),
     }
     notify::stopping();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_read_only_at_startup_is_named_when_a_reload_changes_it() {
+        let parse = |text: &str| Config::parse(text, Path::new("t.toml")).unwrap();
+        let old = parse("");
+        assert!(needing_restart(&old, &parse("")).is_empty());
+        let cases = [
+            ("[milter]\nlisten = \"inet:127.0.0.1:9\"", "[milter] listen"),
+            ("[milter]\nsocket_mode = \"0600\"", "[milter] socket_mode"),
+            ("[milter]\nsocket_group = \"mail\"", "[milter] socket_group"),
+            ("[milter]\nmax_connections = 10", "[milter] max_connections"),
+            ("[milter]\nidle_timeout = \"1m\"", "[milter] idle_timeout"),
+            (
+                "[milter]\nshutdown_timeout = \"5s\"",
+                "[milter] shutdown_timeout",
+            ),
+            ("[log]\nlevel = \"debug\"", "[log]"),
+            ("[log]\nformat = \"json\"", "[log]"),
+            ("[metrics]\nlisten = \"127.0.0.1:9199\"", "[metrics]"),
+            ("[metrics]\nper_domain_series = 5", "[metrics]"),
+        ];
+        for (text, name) in cases {
+            assert_eq!(needing_restart(&old, &parse(text)), [name], "{text}");
+        }
+        let reloadable = "[milter]\ntrusted_networks = [\"10.0.0.0/8\"]\non_error = \"reject\"\nsign_authenticated = false";
+        assert!(needing_restart(&old, &parse(reloadable)).is_empty());
+    }
 }

@@ -10,8 +10,9 @@ use crate::sign::{SignatureStream, SignedHeader, UnsignedSignature};
 use std::fmt;
 use std::sync::Arc;
 
-/// Header sections larger than this are not signed: no legitimate message needs more, and the
-/// whole section is held in memory until the end of the headers.
+/// Header sections larger than this (counted as signed: `Name: value` lines with CRLF) are not
+/// signed: no legitimate message needs more, and the whole section is held in memory until
+/// the end of the headers.
 pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
 
 /// Why a signature could not be made.
@@ -23,7 +24,7 @@ pub enum SignFailure {
     Sign(String),
     #[error(transparent)]
     KeyOperation(#[from] SignError),
-    #[error("the header section is larger than {MAX_HEADER_BYTES} bytes")]
+    #[error("the header section is larger than {MAX_HEADER_BYTES} bytes (1 MiB)")]
     HeadersTooLarge,
 }
 
@@ -146,8 +147,15 @@ impl MessageSession {
         else {
             return;
         };
-        if *too_large || section.len() + name.len() + value.len() + 4 > MAX_HEADER_BYTES {
+        if *too_large {
+            return;
+        }
+        // The section is measured as it will be signed (line ends made CRLF), so the limit
+        // means exactly what the message says: a section of MAX_HEADER_BYTES is signed, one
+        // byte more is refused. A value far over the limit is refused before it is copied.
+        if section.len() + name.len() + value.len() > MAX_HEADER_BYTES {
             *too_large = true;
+            *section = Vec::new();
             return;
         }
         section.extend_from_slice(name);
@@ -157,6 +165,11 @@ impl MessageSession {
         }
         push_crlf_normalized(section, value);
         section.extend_from_slice(b"\r\n");
+        if section.len() > MAX_HEADER_BYTES {
+            *too_large = true;
+            *section = Vec::new();
+            return;
+        }
         if name.eq_ignore_ascii_case(b"From") {
             from_values.push(value.to_vec());
         }
@@ -474,6 +487,29 @@ mod tests {
         let mut body = CrlfBody::default();
         let chunk = b"line\r\nline\r\n".as_slice();
         assert!(std::ptr::eq(body.normalize(chunk), chunk));
+    }
+
+    #[test]
+    fn the_header_limit_is_exactly_the_one_the_message_names() {
+        let runtime = Arc::new(Runtime::new(
+            crate::config::Config::parse("", std::path::Path::new("t.toml")).unwrap(),
+        ));
+        // "X:" + value + CRLF is the whole section (leading space mode adds nothing).
+        let fits = |extra: usize| {
+            let mut session = MessageSession::new(runtime.clone(), true);
+            let value = vec![b'a'; MAX_HEADER_BYTES - 4 + extra];
+            session.add_header(b"X", &value);
+            match &session.state {
+                State::Collecting {
+                    section, too_large, ..
+                } => (!*too_large, section.len()),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(fits(0), (true, MAX_HEADER_BYTES));
+        assert_eq!(fits(1), (false, 0));
+        let message = SignFailure::HeadersTooLarge.to_string();
+        assert!(message.contains(&format!("larger than {MAX_HEADER_BYTES} bytes")));
     }
 
     #[test]

@@ -8,66 +8,9 @@ mod common;
 use indymilter::{Actions, ProtoOpts};
 use indymilter_test::TestConnection;
 use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn start(config: &std::path::Path) -> Self {
-        Self::start_with_env(config, &[])
-    }
-
-    fn start_with_env(config: &std::path::Path, env: &[(&str, &std::ffi::OsStr)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_signet-milter"))
-            .args(["run", "-c", config.to_str().unwrap()])
-            .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    /// Waits for a log line containing `text`; the lines read on the way are returned on failure.
-    fn expect_log(&self, text: &str) -> String {
-        let mut seen = Vec::new();
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(20)) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("no log line with {text:?}; got:\n{}", seen.join("\n")),
-            }
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
-            0
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::daemon::Daemon;
 
 #[tokio::test]
 async fn runs_signs_reloads_and_stops_on_signals() {
@@ -106,13 +49,18 @@ async fn runs_signs_reloads_and_stops_on_signals() {
     .unwrap();
 
     let daemon = Daemon::start(&config);
+    // Serving comes first; keys are checked in the background after it.
+    daemon.expect_log("signet-milter listening");
     let warning = daemon.expect_log("key not usable yet");
     assert!(
         warning.contains("nokey.example/s9.key: does not exist"),
         "{warning}"
     );
-    daemon.expect_log("signet-milter listening");
-    assert_eq!(scrape("/healthz").await, (200, "ok\n".to_string()));
+    daemon.expect_log("keys checked");
+    assert_eq!(
+        scrape("/healthz").await,
+        (200, "ok\nkeys: 1 ok, 1 failed, 0 pending\n".to_string())
+    );
 
     let mut conn = TestConnection::configure()
         .available_actions(Actions::all())
@@ -144,10 +92,13 @@ async fn runs_signs_reloads_and_stops_on_signals() {
     for expected in [
         "signet_build_info{version=\"",
         "signet_messages_total{result=\"signed\",reason=\"ok\"} 1",
-        "signet_signatures_total{domain=\"example.com\",algorithm=\"ed25519-sha256\"} 1",
-        "signet_key_cache_lookups_total{backend=\"file\",result=\"hit\"}",
+        "signet_signatures_total{algorithm=\"ed25519-sha256\"} 1",
+        // The startup key pass loads the key file (a miss); the message finds it (a hit).
+        "signet_key_cache_lookups_total{backend=\"file\",result=\"miss\"} ",
+        "signet_key_cache_lookups_total{backend=\"file\",result=\"hit\"} ",
         "signet_key_fetch_duration_seconds_count{backend=\"file\"}",
-        "signet_key_fetch_errors_total{backend=\"file\"} 1",
+        "signet_keys{state=\"ok\"} 1",
+        "signet_connections 1",
         "signet_config_reloads_total{result=\"ok\"} 1",
         "signet_config_reloads_total{result=\"failed\"} 1",
     ] {
@@ -175,8 +126,18 @@ impl NotifyListener {
         NotifyListener(socket)
     }
 
-    /// The next datagram, as `KEY=value` lines.
+    /// The next datagram that changes the state (READY, RELOADING, STOPPING), as `KEY=value`
+    /// lines; those that only update STATUS (the key check's result) are skipped.
     fn next(&self) -> Vec<String> {
+        loop {
+            let datagram = self.next_any();
+            if !datagram.iter().all(|l| l.starts_with("STATUS=")) {
+                return datagram;
+            }
+        }
+    }
+
+    fn next_any(&self) -> Vec<String> {
         let mut buf = [0u8; 4096];
         let n = self.0.recv(&mut buf).expect("a notification within 20 s");
         String::from_utf8_lossy(&buf[..n])

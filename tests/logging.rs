@@ -3,6 +3,8 @@
 //! inode) — no timestamp of ours but a syslog priority prefix that journald turns into the
 //! entry's priority.
 
+mod common;
+
 use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
@@ -65,8 +67,16 @@ fn run_with_signet_log(
     }
     let mut child = cmd.spawn().unwrap();
     let start = Instant::now();
-    while !socket.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no socket");
+    // The keys are checked after the socket is bound: wait for that warning too.
+    while !socket.exists()
+        || !std::fs::read_to_string(&stderr_path)
+            .unwrap_or_default()
+            .contains("key not usable yet")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no socket or no key warning"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: kill(2) on our own child, not yet reaped.
@@ -179,4 +189,64 @@ fn a_signet_log_that_is_no_level_is_ignored_with_a_warning() {
         lines.iter().all(|l| !l.contains("INFO")),
         "SIGNET_LOG=warn wins over the file: {lines:#?}"
     );
+}
+
+/// A sender who puts CR/LF in what the MTA passes on (the SASL login, the sender address)
+/// cannot start a log line of their own: the text format escapes control characters.
+#[tokio::test]
+async fn client_values_cannot_forge_a_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    write_key_files(
+        &keys,
+        "example.com",
+        "s1",
+        &generate(KeyKind::Ed25519).unwrap(),
+    )
+    .unwrap();
+    let socket = dir.path().join("milter.sock");
+    let config = dir.path().join("signet-milter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[milter]\nlisten = \"unix:{}\"\ntrusted_networks = []\n[keys]\ndirectory = \"{}\"\n\
+             [domain.\"example.com\"]\nselector = \"s1\"\n",
+            socket.display(),
+            keys.display()
+        ),
+    )
+    .unwrap();
+    let daemon = common::daemon::Daemon::start(&config);
+    daemon.expect_log("signet-milter listening");
+    let mut conn = indymilter_test::TestConnection::configure()
+        .available_actions(indymilter::Actions::all())
+        .available_opts(indymilter::ProtoOpts::all())
+        .exact_leading_space(true)
+        .open_unix(&socket)
+        .await
+        .unwrap();
+    conn.connect(
+        "client.example",
+        "203.0.113.9".parse::<std::net::IpAddr>().unwrap(),
+    )
+    .await
+    .unwrap();
+    let forged = "\r\n2026-01-01T00:00:00Z  INFO signed queue_id=FORGED result=\"signed\"";
+    let login = format!("mallory{forged}");
+    let sent = common::send(
+        &mut conn,
+        &[("{auth_authen}", &login), ("{auth_type}", "PLAIN")],
+        &common::Message::simple("alice@example.com"),
+    )
+    .await;
+    assert_eq!(sent.inserted.len(), 1);
+    let line = daemon.expect_log("authenticated as mallory");
+    assert!(line.contains("mallory\\r\\n2026-01-01T00:00:00Z"), "{line}");
+    // The next line the daemon writes is its own, not the forged one.
+    drop(conn);
+    let mut daemon = daemon;
+    daemon.signal(libc::SIGTERM);
+    let (_, rest) = daemon.expect_log_after("stopped");
+    assert!(rest.iter().all(|l| !l.contains("FORGED")), "{rest:#?}");
+    let _ = daemon.child.wait();
 }

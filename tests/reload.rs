@@ -27,7 +27,7 @@ async fn reload_swaps_rules_between_messages_and_keeps_them_on_error() {
     // ...the file changes so example.com is no longer signed, and is reloaded.
     let without_domain = original.replace("[domain.\"example.com\"]\nselector = \"s1\"\n", "");
     std::fs::write(&config_path, &without_domain).unwrap();
-    assert!(server::reload(&config_path, &milter.runtime));
+    assert!(server::reload(&config_path, &milter.runtime).await);
 
     // The message in flight still finishes signed.
     assert_eq!(conn.eoh().await.unwrap(), Status::Continue);
@@ -46,12 +46,12 @@ async fn reload_swaps_rules_between_messages_and_keeps_them_on_error() {
 
     // A broken file is refused and the running rules stay.
     std::fs::write(&config_path, format!("{original}\nthis is = not toml [\n")).unwrap();
-    assert!(!server::reload(&config_path, &milter.runtime));
+    assert!(!server::reload(&config_path, &milter.runtime).await);
     let sent = send(&mut conn, &[], &Message::simple("alice@example.com")).await;
     assert_eq!(sent.inserted.len(), 0, "still the last good configuration");
 
     std::fs::write(&config_path, &original).unwrap();
-    assert!(server::reload(&config_path, &milter.runtime));
+    assert!(server::reload(&config_path, &milter.runtime).await);
     let sent = send(&mut conn, &[], &Message::simple("alice@example.com")).await;
     assert_eq!(sent.inserted.len(), 1);
 }
@@ -100,7 +100,10 @@ async fn twenty_reloads_under_load_lose_nothing() {
             format!("{original}\n[log]\nlevel = \"{level}\"\n"),
         )
         .unwrap();
-        assert!(server::reload(&config_path, &milter.runtime), "reload {i}");
+        assert!(
+            server::reload(&config_path, &milter.runtime).await,
+            "reload {i}"
+        );
     }
     done.store(true, Ordering::Relaxed);
     let mut total = 0;

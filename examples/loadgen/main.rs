@@ -67,9 +67,17 @@ struct Args {
     /// Save every Nth measured message, so that the sample spans the run.
     #[arg(long, default_value_t = 1)]
     save_stride: u64,
-    /// Author (From:) domain of the messages.
+    /// Author (From:) domain of the messages; with --domains, `{n}` in it is replaced by a
+    /// number below that count (e.g. `d{n}.example`).
     #[arg(long, default_value = "example.com")]
     from_domain: String,
+    /// How many author domains `{n}` ranges over (0: the domain as given).
+    #[arg(long, default_value_t = 0)]
+    domains: u64,
+    /// With --domains: `sequential` (message k uses domain k mod N, so N messages touch every
+    /// domain once) or `random` (uniform, fixed seed).
+    #[arg(long, default_value = "random")]
+    domain_order: DomainOrder,
     /// SMTP AUTH user sent as {auth_authen} (empty: not authenticated).
     #[arg(long, default_value = "bench")]
     auth_user: String,
@@ -88,6 +96,30 @@ struct Args {
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DomainOrder {
+    Sequential,
+    Random,
+}
+
+/// The author domain of message `seq`.
+fn from_domain(args: &Args, seq: u64) -> String {
+    if args.domains == 0 {
+        return args.from_domain.clone();
+    }
+    let n = match args.domain_order {
+        DomainOrder::Sequential => seq % args.domains,
+        DomainOrder::Random => {
+            // splitmix64: uniform, and the same sequence in every run.
+            let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % args.domains
+        }
+    };
+    args.from_domain.replace("{n}", &n.to_string())
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -291,7 +323,7 @@ async fn one_message(
     }
     let (c, count) = conn.as_mut().expect("connection just opened");
     *count += 1;
-    let envelope = Envelope::new(seq, id, &args.from_domain);
+    let envelope = Envelope::new(seq, id, &from_domain(args, seq));
     values.insert("i", queue_id(seq, id));
     values.insert("{mail_addr}", envelope.sender.clone());
     values.insert("{rcpt_addr}", envelope.recipient.clone());

@@ -507,18 +507,45 @@ impl<'de> serde::de::Visitor<'de> for KeySourceVisitor {
     }
 
     fn visit_str<E: serde::de::Error>(self, path: &str) -> Result<KeySource, E> {
-        if path.trim().is_empty() {
-            return Err(E::custom("key path is empty"));
-        }
-        Template::parse(path)
-            .map(KeySource::File)
-            .map_err(E::custom)
+        key_path(path).map(KeySource::File).map_err(E::custom)
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<KeySource, A::Error> {
         let table = KeySourceTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
         table.into_source().map_err(serde::de::Error::custom)
     }
+}
+
+/// A key file path (`key = "…"`, `filename = "…"`), refused when it is a key rather than a
+/// path: a PEM pasted in the wrong place would otherwise be printed whole in every message
+/// that names the path. The error never repeats the text.
+pub fn key_path(text: &str) -> Result<Template, String> {
+    if text.trim().is_empty() {
+        return Err("key path is empty".into());
+    }
+    if looks_like_key_material(text) {
+        return Err("this looks like a key, not a file path (the text is not shown): put the key in a file with mode 0600, or write key = { key_data = \"\"\"…\"\"\" }".into());
+    }
+    Template::parse(text)
+}
+
+/// PEM armour, line breaks, or a long run of base64 (a DER key) cannot be a key file's path.
+/// Longer than NAME_MAX (255 bytes) between slashes is not a Linux path either.
+fn looks_like_key_material(text: &str) -> bool {
+    let base64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+    text.contains("-----BEGIN")
+        || text.contains("-----END")
+        || text.contains(['\n', '\r'])
+        || text.split('/').any(|part| part.len() > 255)
+        || (text.len() >= 100 && text.bytes().all(base64))
+}
+
+/// `filename = "…"` of a signing entry: a key path, checked as [`key_path`] does.
+pub fn deserialize_key_path<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Template>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    key_path(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 impl<'de> Deserialize<'de> for KeySource {

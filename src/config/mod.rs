@@ -6,16 +6,18 @@
 //! template, header list and cross reference is known to be good. Every error names the file, the
 //! line and the column.
 
+mod environment;
 mod error;
 pub mod keysource;
 mod signing;
 mod template;
 mod values;
 
+pub use environment::check_environment;
 pub use error::ConfigError;
 pub use signing::{
-    DEFAULT_HEADERS, DomainMatch, SignatureLabel, SignerTemplate, SigningDomain, SigningTable,
-    normalize_domain,
+    DEFAULT_HEADERS, DomainMatch, Recipe, SignatureLabel, SignerTemplate, SigningDomain,
+    SigningTable, normalize_domain,
 };
 pub use template::Template;
 pub use values::{
@@ -61,7 +63,7 @@ pub struct KeyConfig {
 }
 
 /// `[milter]`: how the MTA reaches us and whose mail may be signed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MilterSettings {
     #[serde(default = "default_listen")]
@@ -86,13 +88,21 @@ pub struct MilterSettings {
     /// What to do with a message whose signature cannot be made (key missing, backend down).
     #[serde(default)]
     pub on_error: OnError,
-    /// Concurrent MTA connections served; more wait in the accept backlog. At least the number
-    /// of Postfix smtpd + cleanup processes that use the milter.
+    /// Concurrent MTA connections served. At the limit the connection idle the longest (no
+    /// message in flight) is closed to make room; with none idle, a new one waits until a message
+    /// ends or a connection closes. An idle connection costs about 19 KiB and one file descriptor.
     #[serde(
         default = "default_max_connections",
-        deserialize_with = "values::at_least_one"
+        deserialize_with = "bounded::max_connections"
     )]
     pub max_connections: usize,
+    /// A connection with no message in flight that sends nothing for this long is closed
+    /// (Postfix opens one per SMTP session and may keep it while the client is idle).
+    #[serde(
+        default = "default_idle_timeout",
+        deserialize_with = "bounded::positive_duration"
+    )]
+    pub idle_timeout: Duration,
     /// At SIGTERM/SIGINT: how long messages already under way may take to finish before the
     /// remaining connections are closed (the MTA then applies its milter_default_action).
     #[serde(
@@ -119,11 +129,9 @@ pub struct KeySettings {
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
     /// Resolved keys kept at most (one per distinct source: domain, selector and backend).
-    #[serde(
-        default = "default_cache_capacity",
-        deserialize_with = "values::at_least_one"
-    )]
-    pub capacity: u64,
+    /// Unset: sized so that the configuration's own entries fit ([`CacheSettings::capacity_for`]).
+    #[serde(default, deserialize_with = "bounded::cache_capacity")]
+    pub capacity: Option<u64>,
     /// How long a key fetched from Vault or a callback is used before it is fetched again.
     /// File keys are instead re-read when the file changes; inline keys never expire.
     #[serde(default = "default_cache_ttl", with = "humantime_serde_compat")]
@@ -137,10 +145,25 @@ pub struct CacheSettings {
     pub serve_stale: Duration,
 }
 
+/// The key cache's capacity when `[cache] capacity` is not set and the configuration is small.
+pub const DEFAULT_CACHE_CAPACITY: u64 = 10_000;
+
+impl CacheSettings {
+    /// The capacity to use for a signing table of `entries` entries: the configured one, else
+    /// room for every entry and a quarter more for wildcard domains, rounded up to a power of
+    /// two so that adding a few domains does not resize the cache at the next reload.
+    pub fn capacity_for(&self, entries: usize) -> u64 {
+        self.capacity.unwrap_or_else(|| {
+            let wanted = entries as u64 + entries as u64 / 4;
+            wanted.next_power_of_two().max(DEFAULT_CACHE_CAPACITY)
+        })
+    }
+}
+
 impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
-            capacity: default_cache_capacity(),
+            capacity: None,
             ttl: default_cache_ttl(),
             negative_ttl: default_negative_ttl(),
             serve_stale: default_serve_stale(),
@@ -154,10 +177,19 @@ impl Default for CacheSettings {
 pub struct MetricsSettings {
     /// Address for `/metrics` and `/healthz`, e.g. `127.0.0.1:9199`; unset: no endpoint.
     pub listen: Option<std::net::SocketAddr>,
+    /// How many signing domains get series of their own in
+    /// `signet_domain_signatures_total` (the first ones seen; later ones count as `other`).
+    /// 0, the default, leaves the domain out of every label: the number of series then does
+    /// not grow with the number of domains.
+    #[serde(default, deserialize_with = "bounded::per_domain_series")]
+    pub per_domain_series: usize,
 }
 
+/// The most `[metrics] per_domain_series` may be: a bound on what one scrape may carry.
+pub const MAX_PER_DOMAIN_SERIES: usize = 10_000;
+
 /// `[log]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `error`, `warn`, `info`, `debug`, `trace`, `off`, or a tracing filter such as
@@ -360,6 +392,16 @@ impl Config {
             &at,
         )?;
 
+        let mut signing = signing;
+        if let Some(capacity) = cache.capacity
+            && signing.entry_count() as u64 > capacity
+        {
+            signing.warnings.push(format!(
+                "[cache] capacity = {capacity} is smaller than the {} entries of the signing table: keys beyond it are read and parsed again and again; raise it, or leave it out to size the cache for the configuration",
+                signing.entry_count()
+            ));
+        }
+
         Ok(Config {
             path: path.to_owned(),
             milter,
@@ -426,11 +468,16 @@ fn default_trusted_networks() -> Vec<IpNet> {
         "::1/128".parse().expect("literal CIDR"),
     ]
 }
+/// Measured: an idle negotiated connection costs about 19 KiB of RSS (most of it the milter
+/// library's two 8 KiB stream buffers; see BENCHMARKS.md), so 4,096 of them are about 75 MiB;
+/// far more than a Postfix with its default 100 smtpd processes opens.
 fn default_max_connections() -> usize {
-    256
+    4096
 }
-fn default_cache_capacity() -> u64 {
-    10_000
+/// Above Postfix's `smtpd_timeout` (300 s), which bounds how long an SMTP client may sit idle
+/// between the commands the milter sees.
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_cache_ttl() -> Duration {
     Duration::from_secs(300)
@@ -446,6 +493,54 @@ fn default_shutdown_timeout() -> Duration {
 }
 fn default_key_directory() -> PathBuf {
     DEFAULT_KEY_DIRECTORY.into()
+}
+
+/// Numbers and durations that must lie in a range: refused while deserializing, so the error
+/// carries the value's line and column.
+mod bounded {
+    use serde::{Deserialize as _, Deserializer, de::Error as _};
+    use std::time::Duration;
+
+    /// More than any file descriptor limit allows; a typo, not a plan.
+    const MAX_CONNECTIONS: usize = 1 << 20;
+
+    pub fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let n = usize::deserialize(d)?;
+        if n == 0 || n > MAX_CONNECTIONS {
+            return Err(D::Error::custom(format!(
+                "max_connections must be between 1 and {MAX_CONNECTIONS}, not {n}"
+            )));
+        }
+        Ok(n)
+    }
+
+    pub fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let duration = super::humantime_serde_compat::deserialize(d)?;
+        if duration < Duration::from_secs(1) {
+            return Err(D::Error::custom("must be at least 1s (write e.g. \"10m\")"));
+        }
+        Ok(duration)
+    }
+
+    pub fn cache_capacity<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match u64::deserialize(d)? {
+            0 => Err(D::Error::custom(
+                "capacity must be at least 1 (leave it out to size the cache for the configuration)",
+            )),
+            n => Ok(Some(n)),
+        }
+    }
+
+    pub fn per_domain_series<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let n = usize::deserialize(d)?;
+        if n > super::MAX_PER_DOMAIN_SERIES {
+            return Err(D::Error::custom(format!(
+                "per_domain_series must be at most {}, not {n}: every series is scraped every time",
+                super::MAX_PER_DOMAIN_SERIES
+            )));
+        }
+        Ok(n)
+    }
 }
 
 /// Durations as `"30s"`, `"5m"`, `"1h 30m"`, or a bare number of seconds.

@@ -42,6 +42,7 @@ macro_rules! signing_entry {
             selector: Option<Spanned<String>>,
             headers: Option<Vec<String>>,
             algo: Option<Algo>,
+            #[serde(default, deserialize_with = "super::keysource::deserialize_key_path")]
             filename: Option<Template>,
             key: Option<KeySource>,
             #[serde(default, with = "super::humantime_serde_compat::option")]
@@ -146,7 +147,7 @@ impl Params {
 }
 
 /// Which entry produced a signature, for logs and `check`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum SignatureLabel {
     Domain(String),
     Signature(String),
@@ -155,6 +156,13 @@ pub enum SignatureLabel {
 impl SignatureLabel {
     pub fn is_signature(&self) -> bool {
         matches!(self, SignatureLabel::Signature(_))
+    }
+
+    /// The name in the table: the domain pattern or the signature's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SignatureLabel::Domain(name) | SignatureLabel::Signature(name) => name,
+        }
     }
 }
 
@@ -168,21 +176,37 @@ impl std::fmt::Display for SignatureLabel {
 }
 
 /// The `d=` of a signature.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum SigningDomain {
     /// The author (`From:`) domain; for a wildcard match, the actual subdomain.
     Author,
     Fixed(String),
 }
 
-/// One fully merged signature recipe. Turning it into a signature needs only the author domain.
-#[derive(Debug)]
+/// One entry of the table: its name, and the merged signature [`Recipe`] it signs with, which
+/// entries that end up with the same parameters share (100,000 domains that only inherit
+/// `[base]` hold one recipe). The recipe's fields read as the template's own
+/// (`template.selector`).
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct SignerTemplate {
     pub label: SignatureLabel,
+    pub recipe: Arc<Recipe>,
+}
+
+impl std::ops::Deref for SignerTemplate {
+    type Target = Recipe;
+    fn deref(&self) -> &Recipe {
+        &self.recipe
+    }
+}
+
+/// One fully merged signature recipe. Turning it into a signature needs only the author domain.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Recipe {
     pub domain: SigningDomain,
     pub selector: String,
-    /// The `h=` list, oversigned entries already doubled.
-    pub headers: Vec<String>,
+    /// The `h=` list, oversigned entries already doubled; entries with the same list share it.
+    pub headers: Arc<[String]>,
     /// The algorithm the operator expects; the key must agree. `None`: whatever the key is.
     pub algo: Option<Algo>,
     pub key: KeySource,
@@ -212,8 +236,8 @@ pub struct SigningTable {
     catch_all: Option<Arc<SignerTemplate>>,
     /// `[base] additional_signatures`: applied to every message that may be signed.
     additional: Vec<Arc<SignerTemplate>>,
-    /// Every entry by its table name, for `check`.
-    domains: BTreeMap<String, Arc<SignerTemplate>>,
+    /// Every `[domain]` entry in table-name order, for `check` (the name is in its label).
+    domains: Vec<Arc<SignerTemplate>>,
     signatures: BTreeMap<String, Arc<SignerTemplate>>,
     /// Non-fatal remarks found while loading (e.g. a signature nothing refers to).
     pub warnings: Vec<String>,
@@ -260,7 +284,7 @@ impl SigningTable {
 
     /// `(table name, entry)` of every `[domain]` entry.
     pub fn domain_entries(&self) -> impl Iterator<Item = (&str, &Arc<SignerTemplate>)> {
-        self.domains.iter().map(|(k, v)| (k.as_str(), v))
+        self.domains.iter().map(|t| (t.label.name(), t))
     }
 
     /// `(table name, entry)` of every `[signature]` entry.
@@ -270,6 +294,11 @@ impl SigningTable {
 
     pub fn is_empty(&self) -> bool {
         self.domains.is_empty() && self.signatures.is_empty()
+    }
+
+    /// `[domain]` plus `[signature]` entries.
+    pub fn entry_count(&self) -> usize {
+        self.domains.len() + self.signatures.len()
     }
 }
 
@@ -306,16 +335,23 @@ pub(super) fn build(
         ));
     }
     let base_params = base.params();
+    let vault_prefix = base
+        .vault_path_prefix
+        .clone()
+        .unwrap_or_else(|| "dkim".into());
     let ctx = Context {
-        keys,
         pkcs11,
         callbacks,
         at,
-        vault_mount: base.vault_mount.clone(),
-        vault_prefix: base
-            .vault_path_prefix
-            .clone()
-            .unwrap_or_else(|| "dkim".into()),
+        default_file: Template::default_key_path(&keys.directory),
+        vault_mode: base.vault_mount.as_ref().map(|mount| {
+            (
+                Template::literal(mount.clone()),
+                vault_default_path(&vault_prefix),
+            )
+        }),
+        header_lists: std::cell::RefCell::new(HashMap::new()),
+        recipes: std::cell::RefCell::new(std::collections::HashSet::new()),
     };
 
     let mut table = SigningTable::default();
@@ -422,7 +458,8 @@ pub(super) fn build(
                 format!("{owner} duplicates another entry (domain names are case-insensitive)"),
             ));
         }
-        table.domains.insert(pattern.clone(), template);
+        // `raw.domain` is a BTreeMap: the entries come in table-name order.
+        table.domains.push(template);
     }
 
     for name in table.signatures.keys() {
@@ -435,13 +472,34 @@ pub(super) fn build(
     Ok(table)
 }
 
+/// What every entry is built with. The parts entries have in common are made once here and
+/// shared (an `Arc` each): a table of 100,000 domains that inherit `[base]` holds one header
+/// list and one key path template, not 100,000 copies.
 struct Context<'a> {
-    keys: &'a KeySettings,
     pkcs11: &'a Pkcs11Settings,
     callbacks: &'a BTreeSet<String>,
     at: At<'a>,
-    vault_mount: Option<String>,
-    vault_prefix: String,
+    /// `{directory}/{domain}/{selector}.key`.
+    default_file: Template,
+    /// KumoMTA's `[base] vault_mount` mode: the mount and the default path template.
+    vault_mode: Option<(Template, Template)>,
+    /// Finished `h=` lists by what they were made from.
+    header_lists: std::cell::RefCell<HashMap<HeaderListSpec, Arc<[String]>>>,
+    /// Every distinct recipe made so far.
+    recipes: std::cell::RefCell<std::collections::HashSet<Arc<Recipe>>>,
+}
+
+/// What an `h=` list is made from: the configured names (or none) and `over_sign`.
+type HeaderListSpec = (Option<Vec<String>>, Option<bool>);
+
+/// `<prefix>/{domain}/{selector}`, with braces in the prefix taken literally.
+fn vault_default_path(prefix: &str) -> Template {
+    let prefix = prefix
+        .trim_end_matches('/')
+        .replace('{', "{{")
+        .replace('}', "}}");
+    Template::parse(&format!("{prefix}/{{domain}}/{{selector}}"))
+        .expect("escaped prefix with known placeholders parses")
 }
 
 impl Context<'_> {
@@ -463,7 +521,8 @@ impl Context<'_> {
         })?;
         validate_selector(selector.get_ref())
             .map_err(|e| at(Some(selector.span()), format!("{label} selector: {e}")))?;
-        let headers = signed_headers(params.headers.as_deref(), params.over_sign)
+        let headers = self
+            .header_list(params.headers, params.over_sign)
             .map_err(|e| at(Some(span.clone()), format!("{label} headers: {e}")))?;
         if params.expiration == Some(Duration::ZERO) {
             return Err(at(
@@ -483,8 +542,7 @@ impl Context<'_> {
         let key = key
             .with_pkcs11_defaults(self.pkcs11)
             .map_err(|missing| at(Some(span.clone()), format!("{label} key: {missing}")))?;
-        Ok(SignerTemplate {
-            label,
+        let recipe = self.shared_recipe(Recipe {
             domain,
             selector: selector.into_inner(),
             headers,
@@ -496,29 +554,49 @@ impl Context<'_> {
             on_error: params.on_error.unwrap_or_default(),
             policy,
             additional,
-        })
+        });
+        Ok(SignerTemplate { label, recipe })
+    }
+
+    /// The one copy of `recipe` every entry with the same parameters uses.
+    fn shared_recipe(&self, recipe: Recipe) -> Arc<Recipe> {
+        let mut recipes = self.recipes.borrow_mut();
+        if let Some(shared) = recipes.get(&recipe) {
+            return shared.clone();
+        }
+        let shared = Arc::new(recipe);
+        recipes.insert(shared.clone());
+        shared
+    }
+
+    /// The `h=` list made from `configured` and `over_sign`, shared with every entry that has
+    /// the same.
+    fn header_list(
+        &self,
+        configured: Option<Vec<String>>,
+        over_sign: Option<bool>,
+    ) -> Result<Arc<[String]>, String> {
+        let key = (configured, over_sign);
+        if let Some(list) = self.header_lists.borrow().get(&key) {
+            return Ok(list.clone());
+        }
+        let list: Arc<[String]> = signed_headers(key.0.as_deref(), over_sign)?.into();
+        self.header_lists.borrow_mut().insert(key, list.clone());
+        Ok(list)
     }
 
     /// An explicit `key` wins; else KumoMTA's `[base] vault_mount` mode (where `filename`
     /// overrides the Vault path); else a file, `filename` or the default path.
     fn key_source(&self, choice: Option<KeyChoice>) -> KeySource {
-        match (choice, &self.vault_mount) {
+        match (choice, &self.vault_mode) {
             (Some(KeyChoice::Source(source)), _) => source,
-            (choice, Some(mount)) => {
+            (choice, Some((mount, default_path))) => {
                 let path = match choice {
                     Some(KeyChoice::Filename(f)) => f,
-                    _ => {
-                        let prefix = self
-                            .vault_prefix
-                            .trim_end_matches('/')
-                            .replace('{', "{{")
-                            .replace('}', "}}");
-                        Template::parse(&format!("{prefix}/{{domain}}/{{selector}}"))
-                            .expect("escaped prefix with known placeholders parses")
-                    }
+                    _ => default_path.clone(),
                 };
                 KeySource::Vault(VaultSource {
-                    mount: Template::literal(mount.clone()),
+                    mount: mount.clone(),
                     path,
                     field: "key".into(),
                     address: None,
@@ -527,7 +605,7 @@ impl Context<'_> {
                 })
             }
             (Some(KeyChoice::Filename(f)), None) => KeySource::File(f),
-            (None, None) => KeySource::File(Template::default_key_path(&self.keys.directory)),
+            (None, None) => KeySource::File(self.default_file.clone()),
         }
     }
 }

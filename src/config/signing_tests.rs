@@ -27,7 +27,7 @@ fn kumomta_example_loads_unchanged() {
     );
     // From is oversigned by default; the rest once, in the configured order.
     assert_eq!(
-        entry.headers,
+        *entry.headers,
         [
             "From",
             "From",
@@ -66,7 +66,7 @@ fn tri_state_merge_most_specific_level_wins() {
     let (a, _) = t.lookup("a.example").unwrap();
     assert_eq!(a.selector, "base-sel");
     assert_eq!(
-        a.headers,
+        *a.headers,
         ["From", "Subject"],
         "a domain's false overrides base's true"
     );
@@ -78,7 +78,7 @@ fn tri_state_merge_most_specific_level_wins() {
     let (b, _) = t.lookup("b.example").unwrap();
     assert_eq!(b.selector, "b-sel");
     assert_eq!(
-        b.headers,
+        *b.headers,
         ["From", "From", "Subject", "Subject"],
         "base over_sign = true"
     );
@@ -394,6 +394,37 @@ fn errors_name_line_and_reason() {
             3,
             "duplicates",
         ),
+        (
+            "[milter]\nlisten = \"inet:127.0.0.1:1\"\nmax_connections = 0\n",
+            3,
+            "max_connections must be between 1 and",
+        ),
+        (
+            "[milter]\nidle_timeout = \"0s\"\n",
+            2,
+            "must be at least 1s",
+        ),
+        (
+            "[milter]\n\nidle_timeout = \"soon\"\n",
+            3,
+            "invalid duration",
+        ),
+        ("[cache]\ncapacity = 0\n", 2, "capacity must be at least 1"),
+        (
+            "[metrics]\nper_domain_series = 100000\n",
+            2,
+            "per_domain_series must be at most 10000",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\nkey = \"-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBg\\n-----END PRIVATE KEY-----\"\n",
+            3,
+            "looks like a key, not a file path",
+        ),
+        (
+            "[domain.\"a.example\"]\nselector = \"s\"\n\nfilename = \"MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKjMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvuNMoSfm76oqFvAp8Gy0iz5sxjZmSnXyCdPEovGhLa0VzMaQ8s+CLOyS56YyCFGeJZ\"\n",
+            4,
+            "looks like a key, not a file path",
+        ),
     ];
     for (text, line, reason) in cases {
         let err = match load(text) {
@@ -409,7 +440,76 @@ fn errors_name_line_and_reason() {
             shown.contains(reason),
             "reason {reason:?} missing for {text:?}: {shown}"
         );
+        assert!(
+            !shown.contains("MIIEvQ"),
+            "key material is never repeated: {shown}"
+        );
     }
+}
+
+#[test]
+fn entries_share_what_they_inherit_instead_of_copying_it() {
+    let t = table(
+        "[base]\nselector = \"s\"\n[domain.\"a.example\"]\n[domain.\"b.example\"]\n\
+         [domain.\"c.example\"]\nheaders = [\"From\", \"To\"]\n[domain.\"d.example\"]\nheaders = [\"From\", \"To\"]\n",
+    );
+    let get = |d: &str| t.lookup(d).unwrap().0.clone();
+    let (a, b, c, d) = (
+        get("a.example"),
+        get("b.example"),
+        get("c.example"),
+        get("d.example"),
+    );
+    assert!(
+        Arc::ptr_eq(&a.headers, &b.headers),
+        "the inherited list is shared"
+    );
+    assert!(
+        Arc::ptr_eq(&c.headers, &d.headers),
+        "equal lists are shared"
+    );
+    assert!(!Arc::ptr_eq(&a.headers, &c.headers));
+    assert_eq!(a.key, b.key, "the default key path is the same template");
+    let names: Vec<&str> = t.domain_entries().map(|(name, _)| name).collect();
+    assert_eq!(names, ["a.example", "b.example", "c.example", "d.example"]);
+}
+
+#[test]
+fn paths_that_are_paths_are_not_mistaken_for_keys() {
+    for path in [
+        "/etc/signet-milter/keys/{domain}/{selector}.key",
+        "/var/lib/dkim/example.com.private",
+        "keys/s1.pem",
+    ] {
+        let text = format!("[domain.\"a.example\"]\nselector = \"s\"\nkey = \"{path}\"\n");
+        assert!(load(&text).is_ok(), "{path}");
+    }
+}
+
+#[test]
+fn a_cache_smaller_than_the_table_is_a_warning_and_an_unset_one_fits_it() {
+    let mut text = String::from("[cache]\ncapacity = 2\n[base]\nselector = \"s\"\n");
+    for i in 0..3 {
+        text.push_str(&format!("[domain.\"d{i}.example\"]\n"));
+    }
+    let small = load(&text).unwrap();
+    assert!(
+        small
+            .signing
+            .warnings
+            .iter()
+            .any(|w| w.contains("[cache] capacity = 2 is smaller than the 3 entries")),
+        "{:?}",
+        small.signing.warnings
+    );
+    let unset = crate::config::CacheSettings::default();
+    assert_eq!(unset.capacity_for(3), crate::config::DEFAULT_CACHE_CAPACITY);
+    assert_eq!(unset.capacity_for(100_000), 131_072);
+    assert_eq!(
+        unset.capacity_for(100_001),
+        131_072,
+        "a few more domains: same size"
+    );
 }
 
 #[test]

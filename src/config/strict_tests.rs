@@ -105,9 +105,13 @@ fn a_wrong_enumerated_value_is_refused_with_its_line_and_the_accepted_values() {
         (
             "[milter]\n\nmax_connections = 0\n".into(),
             3,
-            &["must be at least 1, not 0"],
+            &["max_connections must be between 1 and 1048576, not 0"],
         ),
-        ("[cache]\ncapacity = 0\n".into(), 2, &["must be at least 1, not 0"]),
+        (
+            "[cache]\ncapacity = 0\n".into(),
+            2,
+            &["capacity must be at least 1 (leave it out"],
+        ),
         (
             "[log]\nlevel = info\n".into(),
             2,

@@ -10,10 +10,11 @@ enum Segment {
     Selector,
 }
 
-/// A parsed template; rendering it cannot fail.
+/// A parsed template; rendering it cannot fail. Cloning shares the parsed segments: 100,000
+/// entries that inherit `[base]`'s key path hold one copy of it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Template {
-    segments: Vec<Segment>,
+    segments: std::sync::Arc<[Segment]>,
 }
 
 impl Template {
@@ -56,13 +57,15 @@ impl Template {
         if !literal.is_empty() {
             segments.push(Segment::Literal(literal));
         }
-        Ok(Self { segments })
+        Ok(Self {
+            segments: segments.into(),
+        })
     }
 
     /// A template that renders to `text` verbatim.
     pub fn literal(text: impl Into<String>) -> Self {
         Self {
-            segments: vec![Segment::Literal(text.into())],
+            segments: [Segment::Literal(text.into())].into(),
         }
     }
 
@@ -73,19 +76,20 @@ impl Template {
             .trim_end_matches('/')
             .to_string();
         Self {
-            segments: vec![
+            segments: [
                 Segment::Literal(format!("{dir}/")),
                 Segment::Domain,
                 Segment::Literal("/".into()),
                 Segment::Selector,
                 Segment::Literal(".key".into()),
-            ],
+            ]
+            .into(),
         }
     }
 
     pub fn render(&self, domain: &str, selector: &str) -> String {
         let mut out = String::new();
-        for segment in &self.segments {
+        for segment in self.segments.iter() {
             match segment {
                 Segment::Literal(text) => out.push_str(text),
                 Segment::Domain => out.push_str(domain),
@@ -103,7 +107,7 @@ impl Template {
 
 impl fmt::Display for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for segment in &self.segments {
+        for segment in self.segments.iter() {
             match segment {
                 Segment::Literal(text) => {
                     f.write_str(&text.replace('{', "{{").replace('}', "}}"))?

@@ -267,19 +267,6 @@ pub(crate) fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpN
         .collect())
 }
 
-/// A count that must be at least 1 (`max_connections`, `[cache] capacity`).
-pub(crate) fn at_least_one<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + PartialEq + From<u8>,
-{
-    let value = T::deserialize(d)?;
-    if value == T::from(0) {
-        return Err(serde::de::Error::custom("must be at least 1, not 0"));
-    }
-    Ok(value)
-}
-
 /// `unix:/path` or `inet:host:port` (IPv6 as `inet:[::1]:8891`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -365,15 +352,19 @@ impl<'de> Deserialize<'de> for SocketMode {
     }
 }
 
-/// Vault addresses are checked here because the HTTP client panics on a malformed URL.
+/// Vault addresses are checked here because the Vault client panics on a URL it cannot parse:
+/// with the same URL parser it uses, so that what passes here cannot panic there.
 pub fn validate_http_url(address: &str) -> Result<(), String> {
-    let rest = address
-        .strip_prefix("https://")
-        .or_else(|| address.strip_prefix("http://"))
-        .ok_or_else(|| format!("\"{address}\" must start with https:// or http://"))?;
-    let host = rest.split('/').next().unwrap_or_default();
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(format!("\"{address}\" has no valid host"));
+    let shown: String = address.escape_debug().collect();
+    if address.contains(char::is_control) {
+        return Err(format!("\"{shown}\" contains a control character"));
+    }
+    if !(address.starts_with("https://") || address.starts_with("http://")) {
+        return Err(format!("\"{shown}\" must start with https:// or http://"));
+    }
+    let url = url::Url::parse(address).map_err(|e| format!("\"{shown}\" is not a URL: {e}"))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("\"{shown}\" has no valid host"));
     }
     Ok(())
 }
@@ -409,7 +400,16 @@ mod tests {
     fn vault_urls() {
         assert!(validate_http_url("https://vault.internal:8200").is_ok());
         assert!(validate_http_url("http://127.0.0.1:8200/").is_ok());
-        for bad in ["vault:8200", "https://", "ftp://x"] {
+        for bad in [
+            "vault:8200",
+            "https://",
+            "ftp://x",
+            "http://[::1",
+            "http://a b",
+            "http://x:99999",
+            "http://\u{7}host",
+            "http://vault\r\n:8200",
+        ] {
             assert!(validate_http_url(bad).is_err(), "{bad}");
         }
     }

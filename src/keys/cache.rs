@@ -12,6 +12,10 @@
 //!   once cause one fetch (single flight, by a per-slot lock and a re-check after it).
 //!
 //! Slots live in a moka cache bounded by `capacity`; one idle past any use is dropped.
+//!
+//! Every lookup is counted as what it was: a hit (no backend asked), a revalidation (a file's
+//! `stat` showed it unchanged), a miss (the key was read or fetched while the message waited),
+//! stale, or negative.
 
 use super::{Backends, Fetched, KeyError};
 use crate::config::CacheSettings;
@@ -68,18 +72,54 @@ enum Decision {
 }
 
 impl KeyCache {
-    pub fn new(settings: CacheSettings, backends: Backends, metrics: Arc<Metrics>) -> Self {
-        let idle = (settings.ttl + settings.serve_stale).max(settings.negative_ttl)
-            + FILE_RECHECK_INTERVAL;
+    /// A cache of at most `capacity` keys (see [`CacheSettings::capacity_for`]).
+    pub fn new(
+        settings: CacheSettings,
+        capacity: u64,
+        backends: Backends,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         KeyCache {
-            slots: moka::future::Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_idle(idle)
-                .build(),
+            slots: Self::slots(&settings, capacity),
             settings,
             backends: Arc::new(backends),
             metrics,
         }
+    }
+
+    fn slots(
+        settings: &CacheSettings,
+        capacity: u64,
+    ) -> moka::future::Cache<ResolvedKeySource, Arc<Slot>> {
+        let idle = (settings.ttl + settings.serve_stale).max(settings.negative_ttl)
+            + FILE_RECHECK_INTERVAL;
+        moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_idle(idle)
+            .build()
+    }
+
+    /// The backends keys are fetched from.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// How many keys it holds at most.
+    pub fn capacity(&self) -> u64 {
+        self.slots.policy().max_capacity().unwrap_or(u64::MAX)
+    }
+
+    /// The same cache with room for `capacity` keys: the same backends (Vault logins), and
+    /// every cached key and remembered failure carried over.
+    pub async fn resized(&self, capacity: u64) -> KeyCache {
+        let resized = KeyCache {
+            slots: Self::slots(&self.settings, capacity),
+            ..self.detached()
+        };
+        for (source, slot) in self.slots.iter() {
+            resized.slots.insert((*source).clone(), slot).await;
+        }
+        resized
     }
 
     /// The key of `source`, from the cache when it may be used, else fetched.
@@ -106,8 +146,9 @@ impl KeyCache {
                 Err(error)
             }
             Decision::Fetch => {
-                self.metrics.key_lookup(backend, Lookup::Miss);
-                self.fetch_while_waiting(&slot, source).await
+                let (result, lookup) = self.fetch_while_waiting(&slot, source).await;
+                self.metrics.key_lookup(backend, lookup);
+                result
             }
         }
     }
@@ -162,26 +203,26 @@ impl KeyCache {
         }
     }
 
+    /// Fetches while the message waits; also says how the lookup was answered in the end.
     async fn fetch_while_waiting(
         &self,
         slot: &Slot,
         source: &ResolvedKeySource,
-    ) -> Result<Arc<SigningKey>, KeyError> {
+    ) -> (Result<Arc<SigningKey>, KeyError>, Lookup) {
         let _one_fetch = slot.fetching.lock().await;
-        // Whoever held the lock before may have answered for us.
+        // Whoever held the lock before may have answered for us (the message still waited).
         match self.decide(slot, source) {
-            Decision::Hit(key) | Decision::Stale { key, .. } => return Ok(key),
-            Decision::Negative(error) => return Err(error),
+            Decision::Hit(key) => return (Ok(key), Lookup::Miss),
+            Decision::Stale { key, .. } => return (Ok(key), Lookup::Stale),
+            Decision::Negative(error) => return (Err(error), Lookup::Negative),
             Decision::Fetch => {}
         }
         match self.fetch_and_store(slot, source).await {
-            Ok(key) => Ok(key),
+            Ok((key, Fetched::Unchanged)) => (Ok(key), Lookup::Revalidated),
+            Ok((key, _)) => (Ok(key), Lookup::Miss),
             Err(error) => match self.stale_key(slot, source) {
-                Some(key) => {
-                    self.metrics.key_lookup(source.backend(), Lookup::Stale);
-                    Ok(key)
-                }
-                None => Err(error),
+                Some(key) => (Ok(key), Lookup::Stale),
+                None => (Err(error), Lookup::Miss),
             },
         }
     }
@@ -205,12 +246,13 @@ impl KeyCache {
         }
     }
 
-    /// Asks the backend and records the answer in the slot.
+    /// Asks the backend and records the answer in the slot; the key is returned with what the
+    /// backend answered (`Fetched::New` without its key, or `Unchanged`).
     async fn fetch_and_store(
         &self,
         slot: &Slot,
         source: &ResolvedKeySource,
-    ) -> Result<Arc<SigningKey>, KeyError> {
+    ) -> Result<(Arc<SigningKey>, Fetched), KeyError> {
         let previous = lock(&slot.state).good.as_ref().and_then(|g| g.stamp);
         let started = Instant::now();
         let result = self.backends.fetch(source, previous.as_ref()).await;
@@ -231,12 +273,12 @@ impl KeyCache {
                     stamp,
                     confirmed: now,
                 });
-                Ok(key)
+                Ok((key.clone(), Fetched::New { key, stamp }))
             }
             Ok(Fetched::Unchanged) => match state.good.as_mut() {
                 Some(good) => {
                     good.confirmed = now;
-                    Ok(good.key.clone())
+                    Ok((good.key.clone(), Fetched::Unchanged))
                 }
                 None => Err(KeyError::Internal("unchanged key without a cached key")),
             },

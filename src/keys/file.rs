@@ -40,8 +40,16 @@ pub fn read_key_file(
     path: &Path,
     require_safe: bool,
 ) -> Result<(Zeroizing<Vec<u8>>, FileStamp), KeyError> {
-    let meta = std::fs::metadata(path).map_err(|e| KeyError::io(path, &e))?;
+    let meta = check_key_file(path, require_safe)?;
     let before = stamp_of(&meta);
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| KeyError::io(path, &e))?);
+    Ok((bytes, before))
+}
+
+/// What `stat` can tell about a key file without reading it: that it exists, is a regular
+/// file, and (when `require_safe`) that only its owner may read or write it.
+pub fn check_key_file(path: &Path, require_safe: bool) -> Result<std::fs::Metadata, KeyError> {
+    let meta = std::fs::metadata(path).map_err(|e| KeyError::io(path, &e))?;
     if !meta.is_file() {
         return Err(KeyError::File {
             path: path.to_owned(),
@@ -55,6 +63,5 @@ pub fn read_key_file(
             mode,
         });
     }
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| KeyError::io(path, &e))?);
-    Ok((bytes, before))
+    Ok(meta)
 }

@@ -13,6 +13,7 @@ pub mod signing_key;
 pub mod small_rsa;
 pub mod transit;
 pub mod vault;
+pub mod warm;
 
 pub use signing_key::{Custody, SignError, SigningKey};
 
@@ -108,19 +109,24 @@ impl Backends {
     pub fn new(config: &Config, registered: &CallbackRegistry) -> Self {
         Backends {
             require_safe_permissions: config.keys.files.require_safe_permissions,
-            vault: Arc::new(VaultPool::new(&config.keys.vault)),
+            vault: Arc::new(VaultPool::new(
+                &config.keys.vault,
+                config.keys.cache.negative_ttl,
+            )),
             pkcs11: Pkcs11Pool::new(&config.keys.pkcs11),
             callbacks: registered.with_config(&config.keys.callbacks),
         }
     }
 
     /// Fetches `source`; for a file whose stamp is still `previous`, answers `Unchanged`.
+    /// Reading a file and parsing a key (an RSA key takes about as long as a signature) run on
+    /// tokio's blocking pool, never on the workers that serve the connections.
     pub(crate) async fn fetch(
         &self,
         source: &ResolvedKeySource,
         previous: Option<&FileStamp>,
     ) -> Result<Fetched, KeyError> {
-        let (bytes, stamp) = match source {
+        match source {
             ResolvedKeySource::File(path) => {
                 if let Some(previous) = previous
                     && file::stamp(path)? == *previous
@@ -129,14 +135,16 @@ impl Backends {
                 }
                 let path = path.clone();
                 let safe = self.require_safe_permissions;
-                let read = tokio::task::spawn_blocking(move || file::read_key_file(&path, safe));
-                let (bytes, stamp) = read
-                    .await
-                    .map_err(|_| KeyError::Internal("the key file reading task failed"))??;
-                (bytes, Some(stamp))
+                let origin = source.clone();
+                off_the_workers(move || {
+                    let (bytes, stamp) = file::read_key_file(&path, safe)?;
+                    new_key(&origin, &bytes, Some(stamp))
+                })
+                .await
             }
             ResolvedKeySource::Data(data) => {
-                return new_key(source, data.expose(), None);
+                let (origin, data) = (source.clone(), data.clone());
+                off_the_workers(move || new_key(&origin, data.expose(), None)).await
             }
             ResolvedKeySource::Vault(v) => {
                 let text = self
@@ -150,7 +158,8 @@ impl Backends {
                         ),
                         failure,
                     })?;
-                return new_key(source, text.as_bytes(), None);
+                let origin = source.clone();
+                off_the_workers(move || new_key(&origin, text.as_bytes(), None)).await
             }
             ResolvedKeySource::Event { name, args } => {
                 let failed = |reason: String| KeyError::Callback {
@@ -162,16 +171,17 @@ impl Backends {
                     .get(name)
                     .ok_or_else(|| failed("no such callback".into()))?;
                 let bytes = callback.fetch(args).await.map_err(|e| failed(e.0))?;
-                (bytes, None)
+                let origin = source.clone();
+                off_the_workers(move || new_key(&origin, &bytes, None)).await
             }
             ResolvedKeySource::Transit(t) => {
                 let key = transit::fetch(&self.vault, t)
                     .await
                     .map_err(|failure| self.transit_error(t, failure))?;
-                return Ok(Fetched::New {
+                Ok(Fetched::New {
                     key: Arc::new(key),
                     stamp: None,
-                });
+                })
             }
             ResolvedKeySource::Pkcs11(p) => {
                 let key =
@@ -181,13 +191,17 @@ impl Backends {
                             origin: source.to_string(),
                             failure,
                         })?;
-                return Ok(Fetched::New {
+                Ok(Fetched::New {
                     key: Arc::new(key),
                     stamp: None,
-                });
+                })
             }
-        };
-        new_key(source, &bytes, stamp)
+        }
+    }
+
+    /// Whether file keys must be readable by their owner only (`[keys] require_safe_permissions`).
+    pub fn require_safe_permissions(&self) -> bool {
+        self.require_safe_permissions
     }
 
     /// Creates a key where it will stay (Transit, or a PKCS#11 token), for `keygen`: it
@@ -256,6 +270,14 @@ impl Backends {
     }
 }
 
+async fn off_the_workers(
+    work: impl FnOnce() -> Result<Fetched, KeyError> + Send + 'static,
+) -> Result<Fetched, KeyError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| KeyError::Internal("the key loading task failed"))?
+}
+
 fn new_key(
     source: &ResolvedKeySource,
     bytes: &[u8],
@@ -265,6 +287,11 @@ fn new_key(
         origin: source.to_string(),
         error,
     })?;
+    // Logged each time such a key is loaded (at startup for Vault, callback and inline keys,
+    // at first use for files), as `check` reports it.
+    if let Some(weakness) = key.weakness() {
+        tracing::warn!(source = %source, "{weakness}");
+    }
     Ok(Fetched::New {
         key: Arc::new(key),
         stamp,

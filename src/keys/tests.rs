@@ -77,6 +77,7 @@ fn cache_with(config_text: &str, backend: Option<&Scripted>) -> (KeyCache, Arc<M
     let metrics = Arc::new(Metrics::new());
     let cache = KeyCache::new(
         config.keys.cache.clone(),
+        config.keys.cache.capacity_for(config.signing.entry_count()),
         Backends::new(&config, &registry),
         metrics.clone(),
     );
@@ -267,6 +268,47 @@ async fn file_keys_are_cached_and_reloaded_when_replaced() {
     tokio::time::sleep(FILE_RECHECK_INTERVAL).await;
     let d = cache.get(&source).await.unwrap();
     assert!(Arc::ptr_eq(&c, &d));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_file_that_only_needed_its_stat_counts_as_revalidated_not_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.key");
+    write_key(&path, KeyKind::Ed25519, 0o600);
+    let (cache, metrics) = cache_with("", None);
+    let source = ResolvedKeySource::File(path.clone());
+    let first = cache.get(&source).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(FILE_RECHECK_INTERVAL).await;
+        let again = cache.get(&source).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the file was not read again");
+        assert!(cache.get(&source).await.is_ok());
+    }
+    assert_eq!(
+        metrics.key_lookups("file", Lookup::Miss),
+        1,
+        "the first read"
+    );
+    assert_eq!(metrics.key_lookups("file", Lookup::Revalidated), 3);
+    assert_eq!(metrics.key_lookups("file", Lookup::Hit), 3);
+}
+
+#[tokio::test]
+async fn a_resized_cache_keeps_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.key");
+    write_key(&path, KeyKind::Ed25519, 0o600);
+    let (cache, metrics) = cache_with("[cache]\ncapacity = 3\n", None);
+    let source = ResolvedKeySource::File(path.clone());
+    let key = cache.get(&source).await.unwrap();
+    let bigger = cache.resized(1000).await;
+    assert_eq!(bigger.capacity(), 1000);
+    assert!(Arc::ptr_eq(&key, &bigger.get(&source).await.unwrap()));
+    assert_eq!(
+        metrics.key_lookups("file", Lookup::Hit),
+        1,
+        "no second read"
+    );
 }
 
 #[tokio::test]

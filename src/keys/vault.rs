@@ -64,11 +64,27 @@ pub enum VaultFailure {
     NotText(String),
     #[error("{0}")]
     Client(String),
+    #[error("{failure} a moment ago; not asked again for {}", humantime::format_duration(*.hold))]
+    Unreachable {
+        failure: Box<VaultFailure>,
+        hold: Duration,
+    },
+}
+
+impl VaultFailure {
+    /// The server did not answer at all (as opposed to answering no).
+    fn is_unreachable(&self) -> bool {
+        matches!(self, VaultFailure::Timeout(_) | VaultFailure::Connect(_))
+    }
 }
 
 /// The Vault client settings shared by all Vault key sources of one configuration.
 pub(crate) struct VaultPool {
     settings: VaultSettings,
+    /// After a request found the server unreachable, further requests to it fail at once for
+    /// this long (`[cache] negative_ttl`): 500 keys behind a hung Vault then cost one timeout,
+    /// not 500, and messages get `on_error` at once instead of each waiting for the timeout.
+    unreachable_hold: Duration,
     env_address: Option<String>,
     env_token: Option<VaultToken>,
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
@@ -78,7 +94,7 @@ pub(crate) struct VaultPool {
 type SessionKey = (String, Option<VaultToken>);
 
 impl VaultPool {
-    pub(crate) fn new(settings: &VaultSettings) -> Self {
+    pub(crate) fn new(settings: &VaultSettings, unreachable_hold: Duration) -> Self {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         if env("VAULT_SKIP_VERIFY").is_some() {
             tracing::warn!(
@@ -87,6 +103,7 @@ impl VaultPool {
         }
         VaultPool {
             settings: settings.clone(),
+            unreachable_hold,
             env_address: env("VAULT_ADDR"),
             env_token: env("VAULT_TOKEN").map(|t| VaultToken(SecretString::from(t.trim()))),
             sessions: Mutex::new(HashMap::new()),
@@ -140,6 +157,24 @@ impl VaultPool {
     {
         let address = self.address_for(address).ok_or(VaultFailure::NoAddress)?;
         let session = self.session(address, token.cloned())?;
+        // A server that just timed out or refused the connection is not asked again for a
+        // while: 200 keys (or messages) behind a hung Vault cost one timeout, not 200.
+        if let Some(failure) = session.recently_unreachable(self.unreachable_hold) {
+            return Err(VaultFailure::Unreachable {
+                failure: Box::new(failure),
+                hold: self.unreachable_hold,
+            });
+        }
+        let result = Self::call_logged_in(&session, request).await;
+        session.note_reachability(&result);
+        result
+    }
+
+    async fn call_logged_in<T, F, R>(session: &Session, request: F) -> Result<T, VaultFailure>
+    where
+        F: Fn(Arc<VaultClient>) -> R,
+        R: Future<Output = Result<T, VaultFailure>>,
+    {
         let client = session.client().await?;
         match request(client.clone()).await {
             Err(VaultFailure::PermissionDenied) if session.can_login_again() => {
@@ -160,6 +195,9 @@ impl VaultPool {
         if let Some(session) = sessions.get(&key) {
             return Ok(session.clone());
         }
+        // Checked at load for the config and at startup for VAULT_ADDR; the client panics on
+        // an address it cannot parse, so never hand it one.
+        crate::config::validate_http_url(&key.0).map_err(VaultFailure::Client)?;
         let auth = self.auth(key.1.clone())?;
         let session = Arc::new_cyclic(|me| Session {
             me: me.clone(),
@@ -171,6 +209,7 @@ impl VaultPool {
             client: ArcSwapOption::empty(),
             login_lock: tokio::sync::Mutex::new(()),
             renewing: std::sync::atomic::AtomicBool::new(false),
+            unreachable: Mutex::new(None),
         });
         sessions.insert(key, session.clone());
         Ok(session)
@@ -222,9 +261,30 @@ struct Session {
     client: ArcSwapOption<VaultClient>,
     login_lock: tokio::sync::Mutex<()>,
     renewing: std::sync::atomic::AtomicBool,
+    /// When and how a request last found the server unreachable (cleared by any answer).
+    unreachable: Mutex<Option<(tokio::time::Instant, VaultFailure)>>,
 }
 
 impl Session {
+    fn recently_unreachable(&self, hold: Duration) -> Option<VaultFailure> {
+        let unreachable = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        unreachable
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < hold)
+            .map(|(_, failure)| failure.clone())
+    }
+
+    /// Remembers an unreachable server; any answer, even a refusal, shows it is back.
+    fn note_reachability<T>(&self, result: &Result<T, VaultFailure>) {
+        let mut unreachable = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Err(failure) if failure.is_unreachable() => {
+                *unreachable = Some((tokio::time::Instant::now(), failure.clone()));
+            }
+            _ => *unreachable = None,
+        }
+    }
+
     async fn client(&self) -> Result<Arc<VaultClient>, VaultFailure> {
         match self.client.load_full() {
             Some(client) => Ok(client),
@@ -354,6 +414,13 @@ impl Session {
     }
 
     fn build(&self, token: &str) -> Result<VaultClient, VaultFailure> {
+        // The client panics on a token that cannot be an HTTP header value (an AppRole login
+        // goes out with none).
+        if !token.is_empty() && !crate::config::is_header_safe(token) {
+            return Err(VaultFailure::Client(
+                "the Vault token is not printable ASCII".into(),
+            ));
+        }
         let mut settings = VaultClientSettingsBuilder::default();
         settings
             .address(&self.address)

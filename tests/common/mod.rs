@@ -3,6 +3,7 @@
 //! dkimpy through `tests/verify_dkim.py`).
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod dns;
 pub mod fake_vault;
 pub mod openbao;
@@ -241,6 +242,47 @@ pub fn run_signet(args: &[&str], stdin: &[u8]) -> std::process::Output {
         .unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// A connection to a milter (the real binary's, say) on `socket`, opened as Postfix does, the
+/// client at 127.0.0.1.
+pub async fn mta_connection(socket: &Path) -> TestConnection {
+    let mut conn = TestConnection::configure()
+        .available_actions(Actions::all())
+        .available_opts(ProtoOpts::all())
+        .exact_leading_space(true)
+        .open_unix(socket)
+        .await
+        .unwrap();
+    conn.connect("localhost", loopback()).await.unwrap();
+    conn
+}
+
+/// A connection that negotiates as an MTA does and then sends nothing: what an idle Postfix
+/// smtpd session looks like to the milter.
+pub async fn idle_connection(socket: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::UnixStream::connect(socket).await?;
+    // SMFIC_OPTNEG: version 6, every action, every protocol option Postfix offers.
+    let mut packet = 13u32.to_be_bytes().to_vec();
+    packet.push(b'O');
+    for word in [6u32, Actions::all().bits(), ProtoOpts::all().bits()] {
+        packet.extend_from_slice(&word.to_be_bytes());
+    }
+    stream.write_all(&packet).await?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut reply).await?;
+    assert_eq!(reply.first(), Some(&b'O'), "the milter negotiates");
+    Ok(stream)
+}
+
+/// Whether the milter has closed `stream` (reads the end of the stream, or an error).
+pub async fn closed_by_milter(stream: &mut tokio::net::UnixStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte).await, Ok(0) | Err(_))
 }
 
 pub fn loopback() -> IpAddr {

@@ -47,7 +47,21 @@ impl OpenBao {
         Self::start_with(false, Some(path))
     }
 
+    /// A dev server on `127.0.0.1:port` (e.g. where a test had a server that did not answer).
+    pub fn start_at(port: u16) -> Option<Self> {
+        Self::start_on(false, None, port)
+    }
+
     fn start_with(tls: bool, audit: Option<&std::path::Path>) -> Option<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(tls, audit, port)
+    }
+
+    fn start_on(tls: bool, audit: Option<&std::path::Path>, port: u16) -> Option<Self> {
         let Some(binary) = binary() else {
             if std::env::var_os("SIGNET_SKIP_OPENBAO").is_some_and(|v| v == "1") {
                 eprintln!("SKIPPED: no OpenBao `bao` binary and SIGNET_SKIP_OPENBAO=1");
@@ -58,11 +72,6 @@ impl OpenBao {
                  (or point SIGNET_BAO at the binary; SIGNET_SKIP_OPENBAO=1 skips these tests)"
             );
         };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
         let mut args = vec![
