@@ -33,7 +33,11 @@ pub async fn key_statuses(runtime: &Runtime) -> Vec<KeyStatus> {
             SigningDomain::Author if template.label.is_signature() => {
                 ("{domain}".to_string(), true)
             }
-            SigningDomain::Author => (name.to_string(), false),
+            // A per-mailbox entry ("alice@example.com") signs as its domain.
+            SigningDomain::Author => (
+                name.rsplit_once('@').map_or(name, |(_, d)| d).to_string(),
+                false,
+            ),
         };
         let entry = template.label.to_string();
         let selector = template.selector.clone();

@@ -4,10 +4,13 @@
 //! may be signed and with which signatures, resolves their keys through the [`keys`] cache, and
 //! streams the message through the [`sign`]ers.
 
+pub mod authorizer;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod dns_check;
+pub mod domain;
+pub mod explain;
 pub mod keys;
 pub mod logging;
 pub mod manpage;
@@ -21,3 +24,4 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod sign;
+pub mod verdict;

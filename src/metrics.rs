@@ -56,6 +56,10 @@ pub enum MessageResult {
     /// Not signed because no signature applies (no usable From, no matching entry, or every
     /// signature failed with `on_error = accept`).
     SkippedNoSignature,
+    /// Not signed because the authenticated login may not sign for the author domain.
+    SkippedUnauthorized,
+    /// Refused (`on_unauthorized = tempfail | reject`) because the login may not sign for it.
+    RefusedUnauthorized,
     /// Refused by a failing signature's `on_error`.
     Tempfailed,
     Rejected,
@@ -67,6 +71,8 @@ impl MessageResult {
             MessageResult::Signed => ("signed", "ok"),
             MessageResult::SkippedUntrusted => ("skipped", "untrusted"),
             MessageResult::SkippedNoSignature => ("skipped", "no_signature"),
+            MessageResult::SkippedUnauthorized => ("skipped", "unauthorized"),
+            MessageResult::RefusedUnauthorized => ("failed", "unauthorized"),
             MessageResult::Tempfailed => ("failed", "tempfail"),
             MessageResult::Rejected => ("failed", "reject"),
         };
@@ -86,6 +92,7 @@ pub struct Metrics {
     signatures: Family<SignatureLabels, Counter>,
     signature_failures: Family<Labels<1>, Counter>,
     reloads: Family<Labels<1>, Counter>,
+    authorizations: Family<Labels<1>, Counter>,
     key_lookups: Family<Labels<2>, Counter>,
     key_fetch_errors: Family<Labels<1>, Counter>,
     key_fetch_seconds: Family<Labels<1>, Histogram, fn() -> Histogram>,
@@ -131,6 +138,12 @@ impl Metrics {
             "Configuration reloads (SIGHUP) by result",
             reloads.clone(),
         );
+        let authorizations = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "authorizations",
+            "Whether an authenticated login may sign for a domain, by result (granted, denied, unavailable)",
+            authorizations.clone(),
+        );
         let key_lookups = Family::<Labels<2>, Counter>::default();
         registry.register(
             "key_cache_lookups",
@@ -155,6 +168,7 @@ impl Metrics {
             signatures,
             signature_failures,
             reloads,
+            authorizations,
             key_lookups,
             key_fetch_errors,
             key_fetch_seconds,
@@ -189,6 +203,19 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.reloads.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// `result`: `granted`, `denied` or `unavailable` (the callback could not answer).
+    pub fn authorization(&self, result: &'static str) {
+        self.authorizations
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
+    pub fn authorizations(&self, result: &'static str) -> u64 {
+        self.authorizations
+            .get_or_create(&[("result", result)])
+            .get()
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -114,7 +114,7 @@ fn sign_follows_the_same_policy_as_the_milter() {
             "--client-ip",
             "203.0.113.5",
             "--auth",
-            "alice",
+            "alice@example.com",
         ],
         message,
     );
@@ -122,6 +122,28 @@ fn sign_follows_the_same_policy_as_the_milter() {
         text(&authed.stdout).starts_with("DKIM-Signature:"),
         "{}",
         text(&authed.stderr)
+    );
+    // A login of another domain is not signed as example.com (the default authorization).
+    let other = signet(
+        &[
+            "sign",
+            "-c",
+            &config,
+            "--client-ip",
+            "203.0.113.5",
+            "--auth",
+            "bob@example.net",
+        ],
+        message,
+    );
+    assert!(other.status.success());
+    assert_eq!(other.stdout, message, "{}", text(&other.stderr));
+    assert!(
+        text(&other.stderr).contains(
+            "bob@example.net may not sign for example.com: its own domain is example.net"
+        ),
+        "{}",
+        text(&other.stderr)
     );
 }
 

@@ -25,7 +25,10 @@ fn the_packaged_configuration_signs_nothing_and_fits_the_unit() {
         std::fs::read_to_string(Path::new(REPO).join("packaging/signet-milter.service")).unwrap();
 
     assert!(config.signing.is_empty(), "a fresh install signs nothing");
-    assert_eq!(config.keys.files.directory, Path::new(DEFAULT_KEY_DIRECTORY));
+    assert_eq!(
+        config.keys.files.directory,
+        Path::new(DEFAULT_KEY_DIRECTORY)
+    );
 
     let exec_start = unit_value(&unit, "ExecStart");
     assert_eq!(

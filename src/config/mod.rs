@@ -6,12 +6,14 @@
 //! template, header list and cross reference is known to be good. Every error names the file, the
 //! line and the column.
 
+pub mod authorization;
 mod error;
 pub mod keysource;
 mod signing;
 mod template;
 mod values;
 
+pub use authorization::{AuthorizationMode, AuthorizationSettings};
 pub use error::ConfigError;
 pub use signing::{
     DEFAULT_HEADERS, DomainMatch, SignatureLabel, SignerTemplate, SigningDomain, SigningTable,
@@ -42,6 +44,8 @@ pub struct Config {
     pub keys: KeyConfig,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    /// `[authorization]`: which domains an authenticated login may sign for.
+    pub authorization: AuthorizationSettings,
     pub signing: SigningTable,
 }
 
@@ -208,6 +212,7 @@ struct RawConfig {
     vault: Option<VaultSettings>,
     #[serde(default)]
     callbacks: BTreeMap<String, toml::Spanned<CallbackSettings>>,
+    authorization: Option<toml::Spanned<authorization::RawAuthorization>>,
     base: Option<toml::Spanned<signing::RawBase>>,
     #[serde(default)]
     domain: BTreeMap<String, toml::Spanned<signing::RawDomain>>,
@@ -307,7 +312,9 @@ impl Config {
             }
             callbacks.insert(name, cb);
         }
-        let mut callback_names: BTreeSet<String> = callbacks.keys().cloned().collect();
+        let sections: BTreeSet<String> = callbacks.keys().cloned().collect();
+        let authorization = authorization::build(raw.authorization, path, &sections, &at)?;
+        let mut callback_names = sections;
         callback_names.extend(registered.iter().cloned());
 
         let signing = signing::build(
@@ -332,6 +339,7 @@ impl Config {
             },
             log,
             metrics: raw.metrics.unwrap_or_default(),
+            authorization,
             signing,
         })
     }
