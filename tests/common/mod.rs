@@ -3,6 +3,7 @@
 //! dkimpy through `tests/verify_dkim.py`).
 #![allow(dead_code)]
 
+pub mod bind;
 pub mod fake_vault;
 pub mod openbao;
 
@@ -40,7 +41,9 @@ impl TestMilter {
         let dir = tempfile::tempdir().unwrap();
         for (domain, selector, kind) in keys {
             let generated = generate(*kind).unwrap();
-            write_key_files(&dir.path().join("keys"), domain, selector, &generated).unwrap();
+            // As `keygen` does: the key directory is named by the canonical (A-label) domain.
+            let domain = signet_milter::domain::canonical(domain).unwrap();
+            write_key_files(&dir.path().join("keys"), &domain, selector, &generated).unwrap();
         }
         let socket = dir.path().join("milter.sock");
         let text = format!(
@@ -384,4 +387,83 @@ pub async fn assert_verifies(raw: &[u8], keys: &Path, expect: &[(&str, &str)]) {
     }
     let (ok, report) = verify_dkimpy(raw, keys, expect);
     assert!(ok, "dkimpy verification failed:\n{report}");
+}
+
+/// OpenDKIM's verifier, libopendkim (`tests/e2e/opendkim_verify.c`), built once per test
+/// binary against the installed library (Debian libopendkim-dev).
+fn opendkim_verifier() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("opendkim_verify.{}", std::process::id()));
+        let flags = std::process::Command::new("pkg-config")
+            .args(["--cflags", "--libs", "opendkim"])
+            .output()
+            .expect("pkg-config must be installed");
+        assert!(
+            flags.status.success(),
+            "libopendkim-dev must be installed (apt-get install libopendkim-dev)"
+        );
+        let flags = String::from_utf8(flags.stdout).unwrap();
+        let built = std::process::Command::new("cc")
+            .args(["-O1", "-Wall", "-Werror", "-o"])
+            .arg(&out)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/e2e/opendkim_verify.c"
+            ))
+            .args(flags.split_whitespace())
+            .status()
+            .expect("a C compiler (cc) must be installed");
+        assert!(built.success(), "building the OpenDKIM verifier failed");
+        out
+    })
+}
+
+/// libopendkim's verdict on `raw` with the public keys in `keys` (as keygen writes them):
+/// whether every signature passed, and its report (one `d= s= …: pass|FAIL` line each).
+pub fn verify_opendkim(raw: &[u8], keys: &Path) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = String::new();
+    for domain in std::fs::read_dir(keys).unwrap() {
+        let domain = domain.unwrap();
+        for file in std::fs::read_dir(domain.path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "dns") {
+                table.push_str(&format!(
+                    "{}._domainkey.{} {}\n",
+                    path.file_stem().unwrap().to_string_lossy(),
+                    domain.file_name().to_string_lossy(),
+                    std::fs::read_to_string(&path).unwrap().trim()
+                ));
+            }
+        }
+    }
+    let (table_path, message_path) = (dir.path().join("keytable"), dir.path().join("message"));
+    std::fs::write(&table_path, table).unwrap();
+    std::fs::write(&message_path, raw).unwrap();
+    let out = std::process::Command::new(opendkim_verifier())
+        .arg(&table_path)
+        .arg(&message_path)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
+/// [`assert_verifies`] (mail-auth and dkimpy), and libopendkim as well.
+pub async fn assert_verified_by_all(raw: &[u8], keys: &Path, expect: &[(&str, &str)]) {
+    assert_verifies(raw, keys, expect).await;
+    let (ok, report) = verify_opendkim(raw, keys);
+    assert!(ok, "libopendkim verification failed:\n{report}");
+    for (d, s) in expect {
+        assert!(
+            report.contains(&format!("d={d} s={s} ")),
+            "libopendkim did not see d={d} s={s}:\n{report}"
+        );
+    }
 }
