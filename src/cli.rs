@@ -24,7 +24,8 @@ use std::sync::Arc;
     about = "DKIM signing milter for Postfix and Sendmail",
     long_about = "signet-milter signs outgoing mail with DKIM (RSA-SHA256 and Ed25519-SHA256) for \
 the domains in its configuration, as a milter behind Postfix or Sendmail. It signs only mail \
-from trusted networks, SMTP-authenticated senders and listed MTA services, streams message \
+from trusted networks, SMTP-authenticated senders (each login only for the domains \
+[authorization] grants it, by default its own) and listed MTA services, streams message \
 bodies through the signer, and applies on_error (tempfail by default) when a key cannot be \
 had, so that mail never leaves unsigned by accident.\n\n\
 Without a command it runs the milter (the same as the run command)."

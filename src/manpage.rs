@@ -46,7 +46,8 @@ A log filter that overrides \fB[log] level\fR, e.g. \fBdebug\fR.
 No colours in log output at a terminal.
 .SH EXIT STATUS
 0 on success (also after \fBSIGTERM\fR), 1 on any error; \fBcheck\fR exits 1 when any key, or
-with \fB\-\-dns\fR any published record, is not right.
+with \fB\-\-dns\fR any published record, is not right; \fBexplain\fR exits 0 when the
+message would be signed, 1 when it would not (or would be refused), 2 on an error.
 .SH SEE ALSO
 \fBsignet-milter.toml\fR(5), \fBpostconf\fR(5) (\fBsmtpd_milters\fR), \fBsystemctl\fR(1)
 "#;

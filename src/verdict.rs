@@ -169,6 +169,20 @@ impl Verdict {
         signatures.join(", ")
     }
 
+    /// `billing@tenant-a.example by its own domain; …`: the grants the login signed with.
+    fn grants(&self) -> Option<String> {
+        let grants: Vec<String> = self
+            .report
+            .authorizations
+            .iter()
+            .filter_map(|step| match &step.result {
+                Ok(grant) => Some(format!("{} by {grant}", step.subject)),
+                Err(_) => None,
+            })
+            .collect();
+        (!grants.is_empty()).then(|| grants.join("; "))
+    }
+
     fn trust(&self) -> String {
         match &self.report.trust {
             Ok(trust) => trust.to_string(),
@@ -210,14 +224,27 @@ impl Verdict {
             }
             Decision::Signed => {
                 let failed = self.report.left_out().count();
-                info!(
-                    queue_id = %queue_id,
-                    trust = %trust,
-                    result = "signed",
-                    signatures = %self.signature_list(),
-                    failed,
-                    "signed"
-                );
+                let signatures = self.signature_list();
+                match self.grants() {
+                    // What let an authenticated login sign, for the audit trail.
+                    Some(granted) => info!(
+                        queue_id = %queue_id,
+                        trust = %trust,
+                        result = "signed",
+                        signatures = %signatures,
+                        failed,
+                        granted = %granted,
+                        "signed"
+                    ),
+                    None => info!(
+                        queue_id = %queue_id,
+                        trust = %trust,
+                        result = "signed",
+                        signatures = %signatures,
+                        failed,
+                        "signed"
+                    ),
+                }
             }
         }
     }

@@ -1,6 +1,6 @@
-//! The configuration file: one TOML document with the daemon's sections (`[milter]`, `[keys]`,
-//! `[cache]`, `[log]`, `[metrics]`, `[vault]`, `[callbacks]`) and KumoMTA's `dkim_sign` signing table (`[base]`,
-//! `[domain."…"]`, `[signature."…"]`).
+//! The configuration file: one TOML document with the daemon's sections (`[milter]`,
+//! `[authorization]`, `[keys]`, `[cache]`, `[log]`, `[metrics]`, `[vault]`, `[callbacks]`) and
+//! KumoMTA's `dkim_sign` signing table (`[base]`, `[domain."…"]`, `[signature."…"]`).
 //!
 //! Loading parses into validated types: after [`Config::load`] succeeds, every duration, network,
 //! template, header list and cross reference is known to be good. Every error names the file, the
