@@ -308,49 +308,91 @@ impl MessageSession {
     /// may sign for them, resolves their keys and starts them on the header section. `Some`:
     /// the verdict is in (not signed, or refused) and the body is not needed.
     pub async fn end_of_headers(&mut self) -> Option<Verdict> {
-        let State::Collecting {
-            section,
-            from_values,
-            too_large,
-        } = std::mem::replace(&mut self.state, State::Done)
-        else {
-            return Some(self.conclude(Decision::NotSigned(NotSigned::Protocol(
-                "end of headers seen twice",
-            ))));
+        let decided = match self.take_headers() {
+            Ok((section, from_values)) => self.start(&section, &from_values).await,
+            Err(decision) => Err(decision),
         };
-        if too_large {
-            let failure = Failure {
-                signature: None,
-                error: SignFailure::HeadersTooLarge,
-                action: self.runtime.config.milter.on_error,
-            };
-            return Some(self.conclude(match failure.action {
-                OnError::Accept => Decision::NotSigned(NotSigned::Failed(failure)),
-                _ => Decision::Refused(failure),
-            }));
+        match decided {
+            Ok(streams) => {
+                self.state = State::Signing {
+                    streams,
+                    body: CrlfBody::default(),
+                };
+                None
+            }
+            Err(decision) => Some(self.conclude(decision)),
         }
+    }
+
+    /// The header section and the `From` values, once.
+    fn take_headers(&mut self) -> Result<(Vec<u8>, Vec<Vec<u8>>), Decision> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Collecting {
+                too_large: true, ..
+            } => {
+                let failure = Failure {
+                    signature: None,
+                    error: SignFailure::HeadersTooLarge,
+                    action: self.runtime.config.milter.on_error,
+                };
+                Err(match failure.action {
+                    OnError::Accept => Decision::NotSigned(NotSigned::Failed(failure)),
+                    _ => Decision::Refused(failure),
+                })
+            }
+            State::Collecting {
+                section,
+                from_values,
+                ..
+            } => Ok((section, from_values)),
+            _ => Err(Decision::NotSigned(NotSigned::Protocol(
+                "end of headers seen twice",
+            ))),
+        }
+    }
+
+    /// Plans, authorizes and starts the signatures: the streams under way, or the decision
+    /// when none can be.
+    async fn start(
+        &mut self,
+        section: &[u8],
+        from_values: &[Vec<u8>],
+    ) -> Result<Vec<(usize, SignatureStream)>, Decision> {
         let from_refs: Vec<&[u8]> = from_values.iter().map(Vec::as_slice).collect();
-        let author = policy::author(&from_refs);
+        self.plan(&from_refs).await?;
+        let streams = self.start_signatures(section).await;
+        if let Some(refusal) = strictest(self.report.failures()) {
+            return Err(Decision::Refused(refusal.clone()));
+        }
+        if streams.is_empty() {
+            return Err(Decision::NotSigned(NotSigned::nothing_made(&self.report)));
+        }
+        Ok(streams)
+    }
+
+    /// The author, its signatures, and for an authenticated login whether it may make them.
+    /// Authorization comes first: a login that may not sign for a domain costs no key fetch.
+    async fn plan(&mut self, from_refs: &[&[u8]]) -> Result<(), Decision> {
+        let author = policy::author(from_refs);
         let plan = policy::plan(
             &self.runtime.config.signing,
             author.as_ref().map(|a| a.address.as_str()),
         );
         self.report.entry = plan.entry;
-        self.report.author = Some(author);
-        if plan.signatures.is_empty() {
-            let reason = match self.report.author.as_ref() {
-                Some(Ok(a)) => NotSigned::NoEntry(a.domain.clone()),
-                Some(Err(e)) => NotSigned::NoAuthor(e.clone()),
-                None => NotSigned::Protocol("no author"),
-            };
-            return Some(self.conclude(Decision::NotSigned(reason)));
-        }
-
-        // Authorization first: a login that may not sign for a domain costs no key fetch.
-        let other_from_domains = match self.report.author.as_ref() {
-            Some(Err(_)) if self.is_authenticated() => policy::from_domains(&from_refs),
+        let no_signature = match &author {
+            Ok(a) => NotSigned::NoEntry(a.domain.clone()),
+            Err(e) => NotSigned::NoAuthor(e.clone()),
+        };
+        let other_from_domains = match &author {
+            Err(_) if self.is_authenticated() && !plan.signatures.is_empty() => {
+                policy::from_domains(from_refs)
+            }
             _ => Vec::new(),
         };
+        self.report.author = Some(author);
+        if plan.signatures.is_empty() {
+            return Err(Decision::NotSigned(no_signature));
+        }
         for planned in plan.signatures {
             let state = match self.authorize(&planned, &other_from_domains).await {
                 Some(failure) => SignatureState::Failed(failure),
@@ -362,34 +404,38 @@ impl MessageSession {
                 state,
             });
         }
-        if let Some(refusal) = strictest(self.report.failures())
-            && refusal.action == OnError::Reject
-        {
-            // Nothing found later can be stricter.
-            let refusal = refusal.clone();
-            for signature in &mut self.report.signatures {
-                if matches!(signature.state, SignatureState::Pending) {
-                    signature.state = SignatureState::NotAttempted;
+        match strictest(self.report.failures()) {
+            // Nothing found later could be stricter: no key is fetched.
+            Some(refusal) if refusal.action == OnError::Reject => {
+                let refusal = refusal.clone();
+                for signature in &mut self.report.signatures {
+                    if matches!(signature.state, SignatureState::Pending) {
+                        signature.state = SignatureState::NotAttempted;
+                    }
                 }
+                Err(Decision::Refused(refusal))
             }
-            return Some(self.conclude(Decision::Refused(refusal)));
+            _ => Ok(()),
         }
+    }
 
+    /// Fetches the keys of the signatures that may be made and starts them on `section`.
+    async fn start_signatures(&mut self, section: &[u8]) -> Vec<(usize, SignatureStream)> {
         let mut streams = Vec::new();
-        for index in 0..self.report.signatures.len() {
-            if !matches!(self.report.signatures[index].state, SignatureState::Pending) {
+        let runtime = self.runtime.clone();
+        for (index, report) in self.report.signatures.iter_mut().enumerate() {
+            if !matches!(report.state, SignatureState::Pending) {
                 continue;
             }
-            let planned = self.report.signatures[index].planned.clone();
-            match self.start_signature(&planned, &section).await {
+            let planned = &report.planned;
+            match start_signature(&runtime, planned, section).await {
                 Ok((stream, key)) => {
-                    let report = &mut self.report.signatures[index];
                     report.key = Some(key);
                     report.state = SignatureState::Started;
                     streams.push((index, stream));
                 }
                 Err(error) => {
-                    self.report.signatures[index].state = SignatureState::Failed(Failure {
+                    report.state = SignatureState::Failed(Failure {
                         signature: Some((planned.domain.clone(), planned.selector().to_string())),
                         error,
                         action: planned.template.on_error,
@@ -397,19 +443,7 @@ impl MessageSession {
                 }
             }
         }
-        if let Some(refusal) = strictest(self.report.failures()) {
-            let refusal = refusal.clone();
-            return Some(self.conclude(Decision::Refused(refusal)));
-        }
-        if streams.is_empty() {
-            let reason = NotSigned::nothing_made(&self.report);
-            return Some(self.conclude(Decision::NotSigned(reason)));
-        }
-        self.state = State::Signing {
-            streams,
-            body: CrlfBody::default(),
-        };
-        None
+        streams
     }
 
     fn is_authenticated(&self) -> bool {
@@ -490,12 +524,12 @@ impl MessageSession {
         let result = match &self.login {
             Some(login) => runtime.authorizer.authorize(settings, login, subject).await,
             None => Err(Refusal::Denied(Denial {
-                login: self
-                    .report
-                    .trust
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
+                login: match &self.report.trust {
+                    Ok(Trust::Authenticated {
+                        mechanism: Some(m), ..
+                    }) => format!("an unnamed {m} login"),
+                    _ => "an unnamed login".to_string(),
+                },
                 domain: subject_domain.to_string(),
                 why: "the MTA reported no login name ({auth_authen})".to_string(),
             })),
@@ -510,25 +544,6 @@ impl MessageSession {
             result: result.clone(),
         });
         result
-    }
-
-    async fn start_signature(
-        &self,
-        planned: &PlannedSignature,
-        section: &[u8],
-    ) -> Result<(SignatureStream, Arc<PrivateKey>), SignFailure> {
-        let template = &planned.template;
-        let source = template.key.resolve(&planned.domain, &template.selector);
-        let key = self.runtime.keys.get(&source).await?;
-        key.check_algo(template.algo)
-            .map_err(|error| KeyError::Parse {
-                origin: source.to_string(),
-                error,
-            })?;
-        let mut stream = SignatureStream::new(planned, key.clone());
-        stream.write(section);
-        stream.write(b"\r\n");
-        Ok((stream, key))
     }
 
     /// Feeds a body chunk (any size; line ends normalized to CRLF).
@@ -588,6 +603,26 @@ impl MessageSession {
         let emptied = Report::new(self.report.envelope.clone(), self.report.trust.clone());
         Verdict::new(decision, std::mem::replace(&mut self.report, emptied))
     }
+}
+
+/// Fetches the key of `planned` and starts its signature on the header section.
+async fn start_signature(
+    runtime: &Runtime,
+    planned: &PlannedSignature,
+    section: &[u8],
+) -> Result<(SignatureStream, Arc<PrivateKey>), SignFailure> {
+    let template = &planned.template;
+    let source = template.key.resolve(&planned.domain, &template.selector);
+    let key = runtime.keys.get(&source).await?;
+    key.check_algo(template.algo)
+        .map_err(|error| KeyError::Parse {
+            origin: source.to_string(),
+            error,
+        })?;
+    let mut stream = SignatureStream::new(planned, key.clone());
+    stream.write(section);
+    stream.write(b"\r\n");
+    Ok((stream, key))
 }
 
 /// Appends `value` with every bare `\n` turned into `\r\n` (MTAs pass folded header lines with LF).

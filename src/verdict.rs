@@ -6,7 +6,7 @@
 use crate::config::OnError;
 use crate::domain;
 use crate::metrics::{MessageResult, Metrics};
-use crate::policy::{Denial, NoAuthor, Trust};
+use crate::policy::{Denial, NoAuthor};
 use crate::session::{Failure, Report, SignFailure};
 use crate::sign::SignedHeader;
 use std::fmt;
@@ -278,10 +278,5 @@ impl Verdict {
             }
         };
         metrics.message(result);
-    }
-
-    /// Why the message may be signed at all, when it may.
-    pub fn trusted_as(&self) -> Option<&Trust> {
-        self.report.trust.as_ref().ok()
     }
 }

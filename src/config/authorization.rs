@@ -94,12 +94,29 @@ pub struct Grants {
 pub struct Grantee {
     /// The login, normalized with [`login_key`].
     pub login: String,
-    /// Where the grant is written (`file:line`), for `explain` and the log.
-    pub origin: String,
+    /// Where the grant is written, for `explain` and the log.
+    pub origin: GrantOrigin,
+}
+
+/// Where a grant is written: a file and line, or a TOML table. The name is shared by every
+/// grant of one file, so a map of 100,000 lines holds it once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantOrigin {
+    source: std::sync::Arc<str>,
+    line: Option<usize>,
+}
+
+impl fmt::Display for GrantOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}", self.source),
+            None => f.write_str(&self.source),
+        }
+    }
 }
 
 impl Grants {
-    fn add(&mut self, target: Target, login: &str, origin: String) {
+    fn add(&mut self, target: Target, login: &str, origin: GrantOrigin) {
         self.by_target.entry(target).or_default().push(Grantee {
             login: login_key(login),
             origin,
@@ -234,7 +251,10 @@ pub(super) fn build(
                     format!("[authorization.logins] \"{login}\": {e}"),
                 )
             })?;
-            let origin = format!("[authorization.logins] \"{login}\"");
+            let origin = GrantOrigin {
+                source: format!("[authorization.logins] \"{login}\"").into(),
+                line: None,
+            };
             grants.add(parsed, login, origin);
         }
     }
@@ -360,6 +380,7 @@ fn read_login_map(path: &Path, grants: &mut Grants) -> Result<(), MapError> {
             message,
         ))
     };
+    let source: std::sync::Arc<str> = path.display().to_string().into();
     for entry in logical_lines(&text) {
         let (key, key_offset) = entry.words[0];
         let target = parse_address_or_domain(key).map_err(|e| {
@@ -376,11 +397,11 @@ fn read_login_map(path: &Path, grants: &mut Grants) -> Result<(), MapError> {
             ));
         }
         for (login, _) in logins {
-            grants.add(
-                target.clone(),
-                login,
-                format!("{}:{}", path.display(), entry.line),
-            );
+            let origin = GrantOrigin {
+                source: source.clone(),
+                line: Some(entry.line),
+            };
+            grants.add(target.clone(), login, origin);
         }
     }
     Ok(())
@@ -493,7 +514,11 @@ mod tests {
                 "bob@tenant-b.example",
             )
             .unwrap();
-        assert!(bob.origin.ends_with("logins:3"), "{}", bob.origin);
+        assert!(
+            bob.origin.to_string().ends_with("logins:3"),
+            "{}",
+            bob.origin
+        );
         assert!(
             g.find(&address("billing@xn--bcher-kva.example"), "carol")
                 .is_some(),

@@ -482,7 +482,9 @@ pub(super) fn build(
         if duplicate {
             return Err(at(
                 Some(span),
-                format!("{owner} duplicates another entry (domain names are case-insensitive)"),
+                format!(
+                    "{owner} duplicates another entry (names are case-insensitive, and a U-label and its A-label are one name)"
+                ),
             ));
         }
         merged.insert(pattern.as_str(), (params, additional));

@@ -127,7 +127,7 @@ fn listed(settings: &AuthorizationSettings, login: &Login, subject: Subject<'_>)
             .find(&target, &login.key)
             .map(|grantee| Grant::Listed {
                 target: target.to_string(),
-                origin: grantee.origin.clone(),
+                origin: grantee.origin.to_string(),
             })
     })
 }
