@@ -15,7 +15,9 @@
 # SIGNET_BASELINE=/path/to/an/older/signet-milter also measures the set-ups that binary can
 # load (trusted, own) for before/after figures. DURATION (10s), CONNECTIONS (8), RUNS (3):
 # each figure is the median of RUNS runs. Prints a markdown table and the load average;
-# figures taken while other work runs on the machine are noisy.
+# figures taken while other work runs on the machine are noisy. So it also counts, under
+# valgrind's callgrind, the user-space instructions per message (MESSAGES, 500, on one
+# connection after a warm-up), which do not depend on the load; INSTRUCTIONS=0 skips that.
 set -euo pipefail
 exec </dev/null
 
@@ -26,6 +28,8 @@ BASELINE=${SIGNET_BASELINE:-}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-8}
 RUNS=${RUNS:-3}
+MESSAGES=${MESSAGES:-500}
+INSTRUCTIONS=${INSTRUCTIONS:-1}
 [[ -x $SIGNET ]] || { echo "authorization.sh: $SIGNET is not built (cargo build --release --ignore-rust-version)" >&2; exit 1; }
 
 cargo build --release --ignore-rust-version --example loadgen >&2
@@ -113,15 +117,47 @@ print(f'{statistics.median(r["msgs_per_s"] for r in runs):.0f} '
 EOF
 }
 
+# instructions BINARY SETUP: user-space instructions per message under callgrind, or n/a.
+instructions() {
+    local binary=$1 setup=$2 file out total
+    file=$(config "$setup")
+    if [[ $INSTRUCTIONS != 1 ]] || ! "$binary" check -c "$file" >/dev/null 2>&1; then
+        echo "n/a"
+        return
+    fi
+    rm -f "$WORK/signet.sock" "$WORK"/callgrind.out.*
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" \
+        "$binary" run -c "$file" 2>"$WORK/milter.log" &
+    PID=$!
+    for _ in $(seq 600); do
+        [[ -S $WORK/signet.sock ]] && break
+        sleep 0.1
+    done
+    # shellcheck disable=SC2046 # word splitting of the option list is wanted
+    "$LOADGEN" --socket "unix:$WORK/signet.sock" --connections 1 --messages 20 --warmup 1 \
+        --expect-signatures 1 $(loadgen_args "$setup") >/dev/null 2>&1
+    callgrind_control -z "$PID" >/dev/null
+    # shellcheck disable=SC2046
+    "$LOADGEN" --socket "unix:$WORK/signet.sock" --connections 1 --messages "$MESSAGES" --warmup 0 \
+        --expect-signatures 1 $(loadgen_args "$setup") >/dev/null 2>&1
+    callgrind_control -d "$PID" >/dev/null
+    kill -INT "$PID"
+    wait "$PID" 2>/dev/null || true
+    PID=
+    out=$(ls "$WORK"/callgrind.out.*.1)
+    total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    echo $((total / MESSAGES))
+}
+
 SETUPS=(trusted own map100k sqlite sqlite0)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A ROWS
 for setup in "${SETUPS[@]}"; do
     read -r rate cpu <<<"$(measure "$SIGNET" "$setup")"
-    ROWS[$setup]="$rate $cpu"
+    ROWS[$setup]="$rate $cpu $(instructions "$SIGNET" "$setup")"
     if [[ -n $BASELINE ]]; then
         read -r brate bcpu <<<"$(measure "$BASELINE" "$setup")"
-        ROWS[$setup]+=" $brate $bcpu"
+        ROWS[$setup]+=" $brate $bcpu $(instructions "$BASELINE" "$setup")"
     fi
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -131,12 +167,12 @@ echo "tenant authorization, Ed25519, 2 KiB, $CONNECTIONS connections, $DURATION 
 echo "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')); load average $load_before before, $load_after after"
 if [[ -n $BASELINE ]]; then
     echo
-    echo "| set-up | msgs/s | CPU ms/msg | baseline msgs/s | baseline CPU ms/msg |"
-    echo "|---|---|---|---|---|"
+    echo "| set-up | msgs/s | CPU ms/msg | instructions/msg | baseline msgs/s | baseline CPU ms/msg | baseline instructions/msg |"
+    echo "|---|---|---|---|---|---|---|"
 else
     echo
-    echo "| set-up | msgs/s | CPU ms/msg |"
-    echo "|---|---|---|"
+    echo "| set-up | msgs/s | CPU ms/msg | instructions/msg |"
+    echo "|---|---|---|---|"
 fi
 for setup in "${SETUPS[@]}"; do
     # shellcheck disable=SC2086 # the row is a list of numbers

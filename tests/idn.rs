@@ -9,13 +9,10 @@ use common::bind::{Named, Zone};
 use common::{Message, TestMilter, assert_verified_by_all, loopback, send};
 use indymilter_test::Status;
 use signet_milter::keys::generate::KeyKind;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn signet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_signet-milter"))
-        .args(args)
-        .output()
-        .unwrap()
+    common::run_signet(args, b"")
 }
 
 fn text(out: &Output) -> String {
@@ -119,20 +116,10 @@ fn keygen_explain_and_check_dns_use_the_a_label() {
     )
     .unwrap();
 
-    let mut explain = Command::new(env!("CARGO_BIN_EXE_signet-milter"))
-        .args(["explain", "-c", config.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    explain
-        .stdin
-        .take()
-        .unwrap()
-        .write_all("From: anna@BÜCHER.example\nSubject: x\n\nbody\n".as_bytes())
-        .unwrap();
-    let out = explain.wait_with_output().unwrap();
+    let out = common::run_signet(
+        &["explain", "-c", config.to_str().unwrap()],
+        "From: anna@BÜCHER.example\nSubject: x\n\nbody\n".as_bytes(),
+    );
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(0), "{shown}");
     assert!(

@@ -13,7 +13,6 @@ use signet_milter::keys::generate::KeyKind;
 use signet_milter::server;
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// Two tenants, a wildcard for tenant-b's subdomains, and an ESP signature on every message.
 const TABLE: &str = r#"
@@ -190,21 +189,7 @@ fn through_explain(config: &Path, case: &Case, message: &Message) -> (Outcome, S
     if let Some(daemon) = case.daemon {
         args.extend(["--daemon-name".into(), daemon.into()]);
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_signet-milter"))
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&message.delivered(&[]))
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_signet(&args, &message.delivered(&[]));
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let line = |prefix: &str| {
@@ -637,11 +622,7 @@ async fn the_login_map_is_reread_on_reload() {
     let still = carol(signed(&[TENANT_A, ESP]));
     let (outcome, _) = through_milter(&milter, &still, &Message::simple(still.from)).await;
     assert_eq!(outcome, still.want);
-    let out = Command::new(env!("CARGO_BIN_EXE_signet-milter"))
-        .args(["explain", "-c", config_path.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = common::run_signet(&["explain", "-c", config_path.to_str().unwrap()], b"");
     assert_eq!(out.status.code(), Some(2), "an error is exit status 2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("logins:2:1:"));
     let metrics = &milter.runtime.load().env.metrics;

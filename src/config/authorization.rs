@@ -141,13 +141,18 @@ impl Grants {
 /// A login as it is compared: lowercase (SASL logins are compared case-insensitively, as
 /// Postfix does with `smtpd_sender_login_maps`), its domain in canonical form.
 pub fn login_key(login: &str) -> String {
+    login_parts(login).0
+}
+
+/// [`login_key`], and the canonical domain of a login of the form `local@domain`.
+pub fn login_parts(login: &str) -> (String, Option<String>) {
     let lower = login.trim().to_lowercase();
     match lower.rsplit_once('@') {
         Some((local, domain)) => match normalize_domain(domain) {
-            Ok(domain) => format!("{local}@{domain}"),
-            Err(_) => lower,
+            Ok(domain) => (format!("{local}@{domain}"), Some(domain)),
+            Err(_) => (lower, None),
         },
-        None => lower,
+        None => (lower, None),
     }
 }
 

@@ -269,7 +269,9 @@ async fn read_limited(
     let Some(mut pipe) = pipe else {
         return Ok(kept);
     };
-    let mut buf = Zeroizing::new([0u8; 8192]);
+    // On the heap: in the future's own state it would make every future that awaits this one
+    // 8 KiB larger.
+    let mut buf = Zeroizing::new(vec![0u8; 8192]);
     loop {
         let n = pipe.read(&mut buf[..]).await?;
         if n == 0 {

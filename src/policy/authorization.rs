@@ -2,7 +2,7 @@
 //! configuration; the callback of `[authorization]` is asked by [`crate::authorizer`] only when
 //! these grant nothing.
 
-use crate::config::authorization::{AuthorizationMode, AuthorizationSettings, Target, login_key};
+use crate::config::authorization::{AuthorizationMode, AuthorizationSettings, Target, login_parts};
 use crate::domain;
 use std::fmt;
 
@@ -19,10 +19,11 @@ pub struct Login {
 
 impl Login {
     pub fn new(name: &str, settings: &AuthorizationSettings) -> Self {
-        let key = login_key(name);
-        let domain = match key.rsplit_once('@') {
-            Some((_, d)) => crate::config::normalize_domain(d).ok(),
-            None => settings.bare_login_domain.clone(),
+        let (key, own) = login_parts(name);
+        let domain = if key.contains('@') {
+            own
+        } else {
+            settings.bare_login_domain.clone()
         };
         Login {
             name: name.to_string(),

@@ -467,3 +467,17 @@ pub async fn assert_verified_by_all(raw: &[u8], keys: &Path, expect: &[(&str, &s
         );
     }
 }
+
+/// Runs the `signet-milter` binary with `args`, `stdin` on its standard input.
+pub fn run_signet<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signet-milter"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
