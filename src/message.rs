@@ -58,7 +58,7 @@ impl RawMessage<'_> {
     pub async fn judge(&self, runtime: Arc<Runtime>, envelope: Envelope) -> Verdict {
         let mut session = match MessageSession::begin(runtime, envelope, true) {
             Ok(session) => session,
-            Err(verdict) => return verdict,
+            Err(verdict) => return *verdict,
         };
         for (name, value) in &self.headers {
             session.add_header(name, value);

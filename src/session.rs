@@ -230,6 +230,12 @@ enum State {
     Done,
 }
 
+/// The header section as it will be signed, and the values of its `From` fields.
+struct Headers {
+    section: Vec<u8>,
+    from_values: Vec<Vec<u8>>,
+}
+
 /// A message that may be signed.
 pub struct MessageSession {
     runtime: Arc<Runtime>,
@@ -248,7 +254,7 @@ impl MessageSession {
         runtime: Arc<Runtime>,
         envelope: Envelope,
         leading_space: bool,
-    ) -> Result<Self, Verdict> {
+    ) -> Result<Self, Box<Verdict>> {
         let trust = policy::may_sign(&runtime.config.milter, &envelope.origin);
         let login = match &trust {
             Ok(Trust::Authenticated {
@@ -258,7 +264,7 @@ impl MessageSession {
         };
         let report = Report::new(envelope, trust);
         if report.trust.is_err() {
-            return Err(Verdict::new(Decision::Untrusted, report));
+            return Err(Box::new(Verdict::new(Decision::Untrusted, report)));
         }
         Ok(MessageSession {
             runtime,
@@ -309,7 +315,7 @@ impl MessageSession {
     /// the verdict is in (not signed, or refused) and the body is not needed.
     pub async fn end_of_headers(&mut self) -> Option<Verdict> {
         let decided = match self.take_headers() {
-            Ok((section, from_values)) => self.start(&section, &from_values).await,
+            Ok(headers) => self.start(&headers.section, &headers.from_values).await,
             Err(decision) => Err(decision),
         };
         match decided {
@@ -320,12 +326,13 @@ impl MessageSession {
                 };
                 None
             }
-            Err(decision) => Some(self.conclude(decision)),
+            Err(decision) => Some(self.conclude(*decision)),
         }
     }
 
     /// The header section and the `From` values, once.
-    fn take_headers(&mut self) -> Result<(Vec<u8>, Vec<Vec<u8>>), Decision> {
+    /// (Errors are boxed: a decision is large, and the way out of the hot path.)
+    fn take_headers(&mut self) -> Result<Headers, Box<Decision>> {
         match std::mem::replace(&mut self.state, State::Done) {
             State::Collecting {
                 too_large: true, ..
@@ -335,19 +342,22 @@ impl MessageSession {
                     error: SignFailure::HeadersTooLarge,
                     action: self.runtime.config.milter.on_error,
                 };
-                Err(match failure.action {
+                Err(Box::new(match failure.action {
                     OnError::Accept => Decision::NotSigned(NotSigned::Failed(failure)),
                     _ => Decision::Refused(failure),
-                })
+                }))
             }
             State::Collecting {
                 section,
                 from_values,
                 ..
-            } => Ok((section, from_values)),
-            _ => Err(Decision::NotSigned(NotSigned::Protocol(
+            } => Ok(Headers {
+                section,
+                from_values,
+            }),
+            _ => Err(Box::new(Decision::NotSigned(NotSigned::Protocol(
                 "end of headers seen twice",
-            ))),
+            )))),
         }
     }
 
@@ -357,22 +367,24 @@ impl MessageSession {
         &mut self,
         section: &[u8],
         from_values: &[Vec<u8>],
-    ) -> Result<Vec<(usize, SignatureStream)>, Decision> {
+    ) -> Result<Vec<(usize, SignatureStream)>, Box<Decision>> {
         let from_refs: Vec<&[u8]> = from_values.iter().map(Vec::as_slice).collect();
         self.plan(&from_refs).await?;
         let streams = self.start_signatures(section).await;
         if let Some(refusal) = strictest(self.report.failures()) {
-            return Err(Decision::Refused(refusal.clone()));
+            return Err(Box::new(Decision::Refused(refusal.clone())));
         }
         if streams.is_empty() {
-            return Err(Decision::NotSigned(NotSigned::nothing_made(&self.report)));
+            return Err(Box::new(Decision::NotSigned(NotSigned::nothing_made(
+                &self.report,
+            ))));
         }
         Ok(streams)
     }
 
     /// The author, its signatures, and for an authenticated login whether it may make them.
     /// Authorization comes first: a login that may not sign for a domain costs no key fetch.
-    async fn plan(&mut self, from_refs: &[&[u8]]) -> Result<(), Decision> {
+    async fn plan(&mut self, from_refs: &[&[u8]]) -> Result<(), Box<Decision>> {
         let author = policy::author(from_refs);
         let plan = policy::plan(
             &self.runtime.config.signing,
@@ -391,7 +403,7 @@ impl MessageSession {
         };
         self.report.author = Some(author);
         if plan.signatures.is_empty() {
-            return Err(Decision::NotSigned(no_signature));
+            return Err(Box::new(Decision::NotSigned(no_signature)));
         }
         for planned in plan.signatures {
             let state = match self.authorize(&planned, &other_from_domains).await {
@@ -413,7 +425,7 @@ impl MessageSession {
                         signature.state = SignatureState::NotAttempted;
                     }
                 }
-                Err(Decision::Refused(refusal))
+                Err(Box::new(Decision::Refused(refusal)))
             }
             _ => Ok(()),
         }
