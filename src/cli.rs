@@ -1,5 +1,5 @@
 //! The command line: `run` (the default), `check` (with `--dns`, `--postfix`, `--sendmail`),
-//! `sign`, `verify`, `keygen`.
+//! `sign`, `explain`, `verify`, `keygen`.
 
 use crate::check::KeyNote;
 use crate::config::keysource::{Pkcs11Source, ResolvedKeySource, TransitSource};
@@ -7,11 +7,13 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::inventory::{KeyLocation, SignAs};
 use crate::keys::generate::{KeyKind, generate, write_key_files, zone_record};
 use crate::keys::warm::Warming;
+use crate::message::RawMessage;
 use crate::mta_check;
-use crate::policy::{self, ClientAddr, Origin};
+use crate::policy::{ClientAddr, Origin};
 use crate::runtime::{Environment, Runtime};
 use crate::server;
-use crate::session::{HeadersDecision, MessageSession};
+use crate::session::Envelope;
+use crate::verdict::Action;
 use anyhow::{Context as _, bail};
 use arc_swap::ArcSwap;
 use clap::{CommandFactory as _, Parser, Subcommand};
@@ -28,7 +30,8 @@ use std::sync::Arc;
     about = "DKIM signing milter for Postfix and Sendmail",
     long_about = "signet-milter signs outgoing mail with DKIM (RSA-SHA256 and Ed25519-SHA256) for \
 the domains in its configuration, as a milter behind Postfix or Sendmail. It signs only mail \
-from trusted networks, SMTP-authenticated senders and listed MTA services, streams message \
+from trusted networks, SMTP-authenticated senders (each login only for the domains \
+[authorization] grants it, by default its own) and listed MTA services, streams message \
 bodies through the signer, and applies on_error (tempfail by default) when a key cannot be \
 had, so that mail never leaves unsigned by accident.\n\n\
 Without a command it runs the milter (the same as the run command)."
@@ -69,12 +72,14 @@ enum Command {
     },
     /// Sign the message on stdin by the configured rules and write it to stdout.
     Sign {
-        /// The client address the message came from (default: a local submission).
-        #[arg(long)]
-        client_ip: Option<IpAddr>,
-        /// Treat the message as sent by this SMTP-authenticated user.
-        #[arg(long)]
-        auth: Option<String>,
+        #[command(flatten)]
+        envelope: EnvelopeArgs,
+    },
+    /// Explain, step by step, whether and how the milter would sign the message on stdin (the
+    /// same decision the milter makes); exit 0 if it would be signed, 1 if not, 2 on error.
+    Explain {
+        #[command(flatten)]
+        envelope: EnvelopeArgs,
     },
     /// Verify the DKIM signatures of a delivered message against DNS, as a receiver does; exit
     /// 1 unless there is a signature and every one (of --domain, if given) passes.
@@ -140,6 +145,46 @@ enum Command {
     },
 }
 
+/// What the MTA tells the milter about a message before its content, for `sign` and `explain`.
+#[derive(clap::Args)]
+struct EnvelopeArgs {
+    /// The client address the message came from (default: a local submission, like Postfix's
+    /// sendmail command).
+    #[arg(long, value_name = "IP")]
+    client_ip: Option<IpAddr>,
+    /// The SMTP AUTH login the client authenticated as ({auth_authen}).
+    #[arg(long, value_name = "LOGIN")]
+    auth: Option<String>,
+    /// The SASL mechanism ({auth_type}); PLAIN when --auth is given without it.
+    #[arg(long, value_name = "MECHANISM")]
+    auth_type: Option<String>,
+    /// The MTA service that received the message ({daemon_name}), e.g. ORIGINATING.
+    #[arg(long, value_name = "NAME")]
+    daemon_name: Option<String>,
+    /// The envelope sender (MAIL FROM).
+    #[arg(long, value_name = "ADDRESS")]
+    mail_from: Option<String>,
+}
+
+impl EnvelopeArgs {
+    fn envelope(self) -> Envelope {
+        let auth_type = self
+            .auth_type
+            .or_else(|| self.auth.as_ref().map(|_| "PLAIN".to_string()));
+        Envelope {
+            origin: Origin {
+                client: self.client_ip.map_or(ClientAddr::Local, ClientAddr::Ip),
+                auth_user: self.auth,
+                auth_type,
+                daemon_name: self.daemon_name,
+            },
+            sender: self
+                .mail_from
+                .map(|s| format!("<{}>", s.trim_matches(['<', '>']))),
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     main_with(Environment::default())
 }
@@ -170,7 +215,8 @@ pub fn main_with(env: Environment) -> ExitCode {
             };
             check(&cli.config, env, dns.then_some(dns_server), records, &mta)
         }
-        Command::Sign { client_ip, auth } => sign(&cli.config, env, client_ip, auth),
+        Command::Sign { envelope } => sign(&cli.config, env, envelope.envelope()),
+        Command::Explain { envelope } => Ok(explain(&cli.config, env, envelope.envelope())),
         Command::Verify {
             file,
             dns_server,
@@ -527,71 +573,44 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> anyh
         .context("cannot write to stdout")
 }
 
-fn sign(
-    config_path: &Path,
-    env: Arc<Environment>,
-    client_ip: Option<IpAddr>,
-    auth: Option<String>,
-) -> anyhow::Result<ExitCode> {
+/// A message read from stdin, and the runtime of the configuration, for `sign` and `explain`.
+fn prepare(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<(Arc<Runtime>, Vec<u8>)> {
     let config = load(config_path, &env)?;
     crate::logging::init(&config.log);
     let mut raw = Vec::new();
     std::io::stdin()
         .read_to_end(&mut raw)
         .context("cannot read the message from stdin")?;
-    let origin = Origin {
-        client: client_ip.map_or(ClientAddr::Local, ClientAddr::Ip),
-        auth_type: auth.as_ref().map(|_| "PLAIN".to_string()),
-        auth_user: auth,
-        daemon_name: None,
-    };
-    let runtime = Arc::new(Runtime::with_environment(config, env));
-    let mut stdout = std::io::stdout().lock();
-    let Some(trust) = policy::may_sign(&runtime.config.milter, &origin) else {
-        note!(
-            "not signed: client {} is neither trusted nor authenticated",
-            origin.client
-        );
-        stdout.write_all(&raw)?;
-        return Ok(ExitCode::SUCCESS);
-    };
-    let message = crate::message::RawMessage::split(&raw);
-    let mut session = MessageSession::new(runtime.clone(), true);
-    for (name, value) in &message.headers {
-        session.add_header(name, value);
-    }
-    // One async runtime for the whole message: a remote key's requests may leave tasks running.
-    let tokio = runtime_builder()?;
-    let decision = tokio.block_on(session.end_of_headers());
-    match decision {
-        HeadersDecision::Sign => {}
-        HeadersDecision::Skip(reason) => {
-            note!("not signed ({trust}): {reason}");
-            stdout.write_all(&raw)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        HeadersDecision::Refuse(failure) => bail!("not signed: {failure}"),
-    }
-    for chunk in message.body.chunks(64 * 1024) {
-        session.body_chunk(chunk);
-    }
-    let outcome = tokio.block_on(session.finish());
-    if let Some(failure) = outcome.refusal {
-        bail!("not signed: {failure}");
-    }
-    for failure in &outcome.accepted_failures {
+    Ok((Arc::new(Runtime::with_environment(config, env)), raw))
+}
+
+fn sign(config_path: &Path, env: Arc<Environment>, envelope: Envelope) -> anyhow::Result<ExitCode> {
+    let (runtime, raw) = prepare(config_path, env)?;
+    let message = RawMessage::split(&raw);
+    let verdict = runtime_builder()?.block_on(message.judge(runtime, envelope));
+    for failure in verdict.report.left_out() {
         note!("signature left out: {failure}");
     }
-    let eol: &str = if message.uses_crlf { "\r\n" } else { "\n" };
-    // Each signature goes on top, as the milter inserts them at index 0.
-    for signed in outcome.signed.iter().rev() {
-        write!(
-            stdout,
-            "DKIM-Signature:{}{eol}",
-            signed.value.replace('\n', eol)
-        )?;
+    let mut stdout = std::io::stdout().lock();
+    match verdict.action() {
+        Action::Accept => {
+            note!("{}", verdict.summary());
+            stdout.write_all(&raw)?;
+        }
+        Action::Sign(_) => {
+            let eol: &str = if message.uses_crlf { "\r\n" } else { "\n" };
+            // Each signature goes on top, as the milter inserts them at index 0.
+            for signed in verdict.signed().collect::<Vec<_>>().iter().rev() {
+                write!(
+                    stdout,
+                    "DKIM-Signature:{}{eol}",
+                    signed.value.replace('\n', eol)
+                )?;
+            }
+            stdout.write_all(&raw)?;
+        }
+        Action::Tempfail(_) | Action::Reject(_) => bail!("{}", verdict.summary()),
     }
-    stdout.write_all(&raw)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -658,6 +677,35 @@ fn verify(
     } else {
         say!("{failed} of {} signatures do not pass", judged.len());
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Exit status 0: it would be signed; 1: it would not (or would be refused); 2: an error.
+fn explain(config_path: &Path, env: Arc<Environment>, envelope: Envelope) -> ExitCode {
+    let result = (|| -> anyhow::Result<bool> {
+        let (runtime, raw) = prepare(config_path, env)?;
+        let message = RawMessage::split(&raw);
+        let from_values: Vec<&[u8]> = message
+            .headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(b"From"))
+            .map(|(_, value)| value.as_slice())
+            .collect();
+        let text = runtime_builder()?.block_on(async {
+            let verdict = message.judge(runtime.clone(), envelope).await;
+            let text = crate::explain::explain(&runtime, &verdict, &from_values).await;
+            (text, verdict.is_signed())
+        });
+        write!(std::io::stdout(), "{}", text.0).context("cannot write to stdout")?;
+        Ok(text.1)
+    })();
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "signet-milter: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! alone. `check`, the startup key pass and `check --dns` all walk this one list, so a key a
 //! message may need is never left unchecked.
 //!
-//! Each exact `[domain]` entry is expanded with every signature its mail gets (its own, its
+//! Each exact `[domain]` entry (and each per-mailbox entry) is expanded with every signature its mail gets (its own, its
 //! `additional_signatures`, `[base]`'s, fixed-`d=` ones), exactly as [`policy::plan`] plans
 //! them, so its keys are known paths, Vault secrets or callback arguments. Only wildcard
 //! entries (`*.example.net`, `*`) and `[base]` signatures for domains without an entry sign as
@@ -43,6 +43,8 @@ pub struct KeyUse {
 pub enum UsedBy {
     /// Mail from this author domain: an exact `[domain]` entry.
     Domain(String),
+    /// Mail from this author address: a per-mailbox entry (`[domain."alice@example.com"]`).
+    Mailbox(String),
     /// Mail whose author domain matches this wildcard entry (`*.example.net`, or `*`).
     Pattern(String),
     /// Mail whose author domain has no `[domain]` entry, or that has no usable author.
@@ -103,12 +105,21 @@ impl KeyUse {
 /// with the keys of per-message domains last.
 pub fn signing_keys(table: &SigningTable) -> Vec<KeyUse> {
     let mut found = Found::default();
-    let mut exact: Vec<_> = table.exact_entries().collect();
-    exact.sort_unstable_by_key(|(domain, _)| *domain);
-    for (domain, _) in exact {
-        for planned in policy::plan(table, Ok(domain)).signatures {
+    let mut exact: Vec<_> = table
+        .exact_entries()
+        .map(|(domain, _)| (domain, UsedBy::Domain(domain.to_string())))
+        .chain(
+            table
+                .mailbox_entries()
+                .map(|(address, _)| (address, UsedBy::Mailbox(address.to_string()))),
+        )
+        .collect();
+    exact.sort_unstable_by_key(|(author, _)| *author);
+    // A per-mailbox entry is planned like its mail: by the address, which finds that entry.
+    for (author, used_by) in exact {
+        for planned in policy::plan(table, Ok(author)).signatures {
             found.add(KeyUse {
-                used_by: UsedBy::Domain(domain.to_string()),
+                used_by: used_by.clone(),
                 key: KeyLocation::Known(
                     planned
                         .template

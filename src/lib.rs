@@ -4,12 +4,15 @@
 //! may be signed and with which signatures, resolves their keys through the [`keys`] cache, and
 //! streams the message through the [`sign`]ers.
 
+pub mod authorizer;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod dns;
 pub mod dns_check;
+pub mod domain;
+pub mod explain;
 pub mod inventory;
 pub mod keys;
 pub mod logging;
@@ -26,4 +29,5 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod sign;
+pub mod verdict;
 pub mod verify;

@@ -48,7 +48,8 @@ No colours in log output at a terminal.
 .SH EXIT STATUS
 0 on success (also after \fBSIGTERM\fR), 1 on any error; \fBcheck\fR exits 1 when any key, or
 with \fB\-\-dns\fR any published record, is not right; \fBverify\fR exits 1 unless the message
-has a signature and every one (of \fB\-\-domain\fR, if given) passes.
+has a signature and every one (of \fB\-\-domain\fR, if given) passes; \fBexplain\fR exits 0
+when the message would be signed, 1 when it would not (or would be refused), 2 on an error.
 .SH SEE ALSO
 \fBsignet-milter.toml\fR(5), \fBpostconf\fR(5) (\fBsmtpd_milters\fR), \fBsystemctl\fR(1)
 "#;

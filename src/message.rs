@@ -1,5 +1,10 @@
-//! A message read whole (for `signet-milter sign`), split into header fields the way an MTA
-//! would hand them to a milter.
+//! A message read whole (for `signet-milter sign` and `explain`), split into header fields the
+//! way an MTA would hand them to a milter, and fed through a [`MessageSession`] as the milter
+//! feeds it.
+
+use crate::runtime::Runtime;
+use crate::session::{Envelope, MessageSession, Verdict};
+use std::sync::Arc;
 
 pub struct RawMessage<'a> {
     /// `(name, value)`; the value keeps its leading space, folded lines are joined with `\n`.
@@ -58,6 +63,27 @@ pub fn to_crlf(bytes: &[u8]) -> Vec<u8> {
         out.push(b);
     }
     out
+}
+
+impl RawMessage<'_> {
+    /// The session's verdict on this message, stage by stage as the milter gets it.
+    pub async fn judge(&self, runtime: Arc<Runtime>, envelope: Envelope) -> Verdict {
+        let mut session = match MessageSession::begin(runtime, envelope, true) {
+            Ok(session) => session,
+            Err(verdict) => return *verdict,
+        };
+        for (name, value) in &self.headers {
+            session.add_header(name, value);
+        }
+        if let Some(verdict) = session.end_of_headers().await {
+            return verdict;
+        }
+        // The chunk size Postfix uses.
+        for chunk in self.body.chunks(65_535) {
+            session.body_chunk(chunk);
+        }
+        session.finish().await
+    }
 }
 
 #[cfg(test)]

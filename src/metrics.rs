@@ -90,6 +90,10 @@ pub enum MessageResult {
     /// Not signed because no signature applies (no usable From, no matching entry, or every
     /// signature failed with `on_error = accept`).
     SkippedNoSignature,
+    /// Not signed because the authenticated login may not sign for the author domain.
+    SkippedUnauthorized,
+    /// Refused (`on_unauthorized = tempfail | reject`) because the login may not sign for it.
+    RefusedUnauthorized,
     /// Refused by a failing signature's `on_error`.
     Tempfailed,
     Rejected,
@@ -101,6 +105,8 @@ impl MessageResult {
             MessageResult::Signed => ("signed", "ok"),
             MessageResult::SkippedUntrusted => ("skipped", "untrusted"),
             MessageResult::SkippedNoSignature => ("skipped", "no_signature"),
+            MessageResult::SkippedUnauthorized => ("skipped", "unauthorized"),
+            MessageResult::RefusedUnauthorized => ("failed", "unauthorized"),
             MessageResult::Tempfailed => ("failed", "tempfail"),
             MessageResult::Rejected => ("failed", "reject"),
         };
@@ -150,6 +156,7 @@ pub struct Metrics {
     accept_errors: Family<Labels<1>, Counter>,
     signature_failures: Family<Labels<1>, Counter>,
     reloads: Family<Labels<1>, Counter>,
+    authorizations: Family<Labels<1>, Counter>,
     key_lookups: Family<Labels<2>, Counter>,
     key_fetch_errors: Family<Labels<1>, Counter>,
     key_fetch_seconds: Family<Labels<1>, Histogram, fn() -> Histogram>,
@@ -227,6 +234,12 @@ impl Metrics {
             "Configuration reloads (SIGHUP) by result",
             reloads.clone(),
         );
+        let authorizations = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "authorizations",
+            "Whether an authenticated login may sign for a domain, by result (granted, denied, unavailable)",
+            authorizations.clone(),
+        );
         let key_lookups = Family::<Labels<2>, Counter>::default();
         registry.register(
             "key_cache_lookups",
@@ -258,6 +271,7 @@ impl Metrics {
             accept_errors,
             signature_failures,
             reloads,
+            authorizations,
             key_lookups,
             key_fetch_errors,
             key_fetch_seconds,
@@ -366,6 +380,19 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.reloads.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// `result`: `granted`, `denied` or `unavailable` (the callback could not answer).
+    pub fn authorization(&self, result: &'static str) {
+        self.authorizations
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
+    pub fn authorizations(&self, result: &'static str) -> u64 {
+        self.authorizations
+            .get_or_create(&[("result", result)])
+            .get()
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -1,10 +1,11 @@
 //! The milter protocol side: thin indymilter callbacks that hand each stage of a message to a
-//! [`MessageSession`], plus the one log line per message.
+//! [`MessageSession`] and carry out its [`Verdict`] (which also writes the message's log line
+//! and counts it).
 
-use crate::metrics::{MessageResult, Metrics};
-use crate::policy::{self, ClientAddr, Origin};
+use crate::policy::{ClientAddr, Origin};
 use crate::runtime::Runtime;
-use crate::session::{Failure, HeadersDecision, MessageSession};
+use crate::session::{Envelope, MessageSession};
+use crate::verdict::{Action, Reply, Verdict};
 use arc_swap::ArcSwap;
 use indymilter::{
     Actions, Callbacks, Context, ContextActions as _, EomContext, MacroStage, Macros,
@@ -13,7 +14,7 @@ use indymilter::{
 use std::ffi::{CStr, CString};
 use std::sync::Arc;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// Macros requested per stage. Postfix starts from an empty list when a milter asks, so every
 /// stage lists everything it needs.
@@ -41,8 +42,6 @@ pub struct Connection {
 
 struct Message {
     session: MessageSession,
-    /// Why it may be signed, for the log line.
-    trust: policy::Trust,
     /// Counts the message as in flight until it is finished, refused or aborted.
     _in_flight: InFlightGuard,
 }
@@ -81,12 +80,6 @@ struct InFlightGuard(Arc<watch::Sender<usize>>);
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n -= 1);
-    }
-}
-
-impl Message {
-    fn metrics(&self) -> &Arc<Metrics> {
-        &self.session.runtime().env.metrics
     }
 }
 
@@ -162,6 +155,9 @@ async fn connect(cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
     Status::Continue
 }
 
+// Every callback below finds its connection state where `negotiate` put it; should it be
+// missing (it cannot be), the message is tempfailed rather than passed unsigned.
+
 async fn mail(
     cx: &mut Context<Connection>,
     runtime: Arc<Runtime>,
@@ -172,43 +168,31 @@ async fn mail(
         return Status::Tempfail;
     };
     conn.message = None;
-    let origin = Origin {
-        client: conn.client.clone(),
-        auth_user: macro_str(&cx.macros, c"{auth_authen}"),
-        auth_type: macro_str(&cx.macros, c"{auth_type}"),
-        daemon_name: macro_str(&cx.macros, c"{daemon_name}"),
+    let envelope = Envelope {
+        origin: Origin {
+            client: conn.client.clone(),
+            auth_user: macro_str(&cx.macros, c"{auth_authen}"),
+            auth_type: macro_str(&cx.macros, c"{auth_type}"),
+            daemon_name: macro_str(&cx.macros, c"{daemon_name}"),
+        },
+        sender: args.first().map(|a| a.to_string_lossy().into_owned()),
     };
-    match policy::may_sign(&runtime.config.milter, &origin) {
-        Some(trust) => {
+    match MessageSession::begin(runtime.clone(), envelope, conn.leading_space) {
+        Ok(session) => {
             conn.message = Some(Message {
-                session: MessageSession::new(runtime, conn.leading_space),
-                trust,
+                session,
                 _in_flight: in_flight.start(),
             });
             Status::Continue
         }
-        None => {
-            // Tell the MTA now, so it does not stream the message to us for nothing.
-            let sender = args
-                .first()
-                .map(|a| a.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            info!(
-                queue_id = %queue_id(&cx.macros),
-                client = %origin.client,
-                sender = %sender,
-                result = "not-signed",
-                "not signed: client is neither trusted nor authenticated"
-            );
-            runtime.env.metrics.message(MessageResult::SkippedUntrusted);
-            Status::Accept
-        }
+        // Accept now, so the MTA does not stream the message to us for nothing.
+        Err(verdict) => carry_out(&verdict, &runtime, &queue_id(&cx.macros), &mut cx.reply),
     }
 }
 
 async fn header(cx: &mut Context<Connection>, name: CString, value: CString) -> Status {
     let Some(conn) = cx.data.as_mut() else {
-        return Status::Continue;
+        return Status::Tempfail;
     };
     if let Some(message) = conn.message.as_mut() {
         message
@@ -220,30 +204,24 @@ async fn header(cx: &mut Context<Connection>, name: CString, value: CString) -> 
 
 async fn eoh(cx: &mut Context<Connection>) -> Status {
     let Some(conn) = cx.data.as_mut() else {
-        return Status::Continue;
+        return Status::Tempfail;
     };
     let Some(message) = conn.message.as_mut() else {
         return Status::Continue;
     };
     match message.session.end_of_headers().await {
-        HeadersDecision::Sign => Status::Continue,
-        HeadersDecision::Skip(reason) => {
-            info!(queue_id = %queue_id(&cx.macros), trust = %message.trust, result = "not-signed", "not signed: {reason}");
-            message.metrics().message(MessageResult::SkippedNoSignature);
+        None => Status::Continue,
+        Some(verdict) => {
+            let runtime = message.session.runtime().clone();
             conn.message = None;
-            Status::Accept
-        }
-        HeadersDecision::Refuse(failure) => {
-            let metrics = message.metrics().clone();
-            conn.message = None;
-            refuse(&queue_id(&cx.macros), &mut cx.reply, &failure, &metrics)
+            carry_out(&verdict, &runtime, &queue_id(&cx.macros), &mut cx.reply)
         }
     }
 }
 
 async fn body(cx: &mut Context<Connection>, chunk: bytes::Bytes) -> Status {
     let Some(conn) = cx.data.as_mut() else {
-        return Status::Continue;
+        return Status::Tempfail;
     };
     if let Some(message) = conn.message.as_mut() {
         message.session.body_chunk(&chunk);
@@ -252,24 +230,23 @@ async fn body(cx: &mut Context<Connection>, chunk: bytes::Bytes) -> Status {
 }
 
 async fn eom(cx: &mut EomContext<Connection>) -> Status {
-    let Some(message) = cx.data.as_mut().and_then(|c| c.message.take()) else {
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Tempfail;
+    };
+    let Some(message) = conn.message.take() else {
         return Status::Continue;
     };
     let queue_id = queue_id(&cx.macros);
-    let metrics = message.metrics().clone();
     // The in-flight guard lives to the end of this function: shutdown waits for the reply.
     let Message {
         session,
-        trust,
         _in_flight,
     } = message;
+    let runtime = session.runtime().clone();
     // Slow key operations (RSA, Transit, PKCS#11) run off the connection workers: see
     // `SigningKey::sign`.
-    let outcome = session.finish().await;
-    if let Some(failure) = &outcome.refusal {
-        return refuse(&queue_id, &mut cx.reply, failure, &metrics);
-    }
-    for signed in &outcome.signed {
+    let verdict = session.finish().await;
+    for signed in verdict.signed() {
         // RFC 6376 §5.6: above any existing DKIM-Signature; index 0 is the top of the header.
         if let Err(e) = cx
             .actions
@@ -280,34 +257,7 @@ async fn eom(cx: &mut EomContext<Connection>) -> Status {
             return Status::Tempfail;
         }
     }
-    let signatures: Vec<String> = outcome
-        .signed
-        .iter()
-        .map(|s| format!("{}/{} ({})", s.domain, s.selector, s.algo))
-        .collect();
-    for failure in &outcome.accepted_failures {
-        warn!(queue_id = %queue_id, "signature left out: {failure}");
-        metrics.signature_failure("accept");
-    }
-    for signed in &outcome.signed {
-        metrics.signature(&signed.domain, signed.algo.dkim_name());
-    }
-    let result = if outcome.signed.is_empty() {
-        metrics.message(MessageResult::SkippedNoSignature);
-        "not-signed"
-    } else {
-        metrics.message(MessageResult::Signed);
-        "signed"
-    };
-    info!(
-        queue_id = %queue_id,
-        trust = %trust,
-        result,
-        signatures = %signatures.join(", "),
-        failed = outcome.accepted_failures.len(),
-        "{result}"
-    );
-    Status::Continue
+    carry_out(&verdict, &runtime, &queue_id, &mut cx.reply)
 }
 
 async fn abort(cx: &mut Context<Connection>) -> Status {
@@ -322,26 +272,31 @@ async fn close(cx: &mut Context<Connection>) -> Status {
     Status::Continue
 }
 
-/// Applies a refusing failure: logs it in full, tells the MTA only what is safe to say.
-fn refuse(
+/// Logs and counts a verdict and answers the MTA with it (the headers of a signed message
+/// are added before, at end of message). The reply text is ours, short and single-line;
+/// should the MTA reject it, its default reply stands.
+fn carry_out(
+    verdict: &Verdict,
+    runtime: &Runtime,
     queue_id: &str,
     reply: &mut indymilter::SmtpReply,
-    failure: &Failure,
-    metrics: &Metrics,
 ) -> Status {
-    warn!(queue_id = %queue_id, result = %failure.action, "not signed: {failure}");
-    metrics.signature_failure(failure.action.as_str());
-    metrics.message(match failure.action {
-        crate::config::OnError::Reject => MessageResult::Rejected,
-        _ => MessageResult::Tempfailed,
-    });
-    let (code, enhanced, text) = failure.smtp_reply();
-    // The text is ours, short and single-line; should the MTA reject it, its default reply stands.
-    let _ = reply.set_error_reply(code, Some(enhanced), [text]);
-    match failure.action {
-        crate::config::OnError::Reject => Status::Reject,
-        crate::config::OnError::Tempfail => Status::Tempfail,
-        crate::config::OnError::Accept => Status::Accept,
+    verdict.log(queue_id);
+    verdict.count(&runtime.env.metrics);
+    let mut set_reply = |r: &Reply| {
+        let _ = reply.set_error_reply(r.code, Some(r.enhanced), [r.text.as_str()]);
+    };
+    match verdict.action() {
+        Action::Accept => Status::Accept,
+        Action::Sign(_) => Status::Continue,
+        Action::Tempfail(r) => {
+            set_reply(&r);
+            Status::Tempfail
+        }
+        Action::Reject(r) => {
+            set_reply(&r);
+            Status::Reject
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! through. A message takes one `Arc<Runtime>` when it starts and keeps it to the end, so a
 //! reload never changes the rules under a message in flight.
 
+use crate::authorizer::Authorizer;
 use crate::config::{Config, ConfigError};
 use crate::keys::Backends;
 use crate::keys::cache::KeyCache;
@@ -21,6 +22,9 @@ pub struct Environment {
 pub struct Runtime {
     pub config: Config,
     pub keys: Arc<KeyCache>,
+    /// `[authorization]` at run time (its callback's remembered answers); new with every
+    /// configuration, so a reload asks again.
+    pub authorizer: Authorizer,
     pub env: Arc<Environment>,
 }
 
@@ -36,7 +40,13 @@ impl Runtime {
             Backends::new(&config, &env.callbacks),
             env.metrics.clone(),
         ));
-        Runtime { config, keys, env }
+        let authorizer = Authorizer::new(&config);
+        Runtime {
+            config,
+            keys,
+            authorizer,
+            env,
+        }
     }
 
     /// The runtime of the configuration now in `path`. When the key settings
@@ -70,6 +80,7 @@ impl Runtime {
             self.keys.clone()
         };
         Ok(Runtime {
+            authorizer: Authorizer::new(&config),
             config,
             keys,
             env: self.env.clone(),

@@ -1,12 +1,20 @@
-//! One message, from its first header to its signatures, independent of how it arrived: the
-//! milter feeds it from protocol callbacks, `signet-milter sign` from a file. Both therefore
-//! sign by exactly the same rules.
+//! One message, from `MAIL FROM` to its verdict, independent of how it arrived: the milter
+//! feeds it from protocol callbacks, `signet-milter sign` and `explain` from a file. Every
+//! signing rule is applied here, in one order — trust, author, entry, authorization, keys,
+//! signatures — so the three front ends cannot disagree; they only carry out the
+//! [`Verdict`].
 
-use crate::config::OnError;
-use crate::keys::{KeyError, SignError};
-use crate::policy::{self, NoAuthor, PlannedSignature};
+use crate::authorizer::Refusal;
+use crate::config::{DomainMatch, OnError, SignerTemplate};
+use crate::domain;
+use crate::keys::{KeyError, SignError, SigningKey};
+use crate::policy::{
+    self, Author, Denial, Grant, Login, NoAuthor, Origin, PlannedSignature, Subject, Trust,
+    Untrusted,
+};
 use crate::runtime::Runtime;
 use crate::sign::{SignatureStream, SignedHeader, UnsignedSignature};
+pub use crate::verdict::{Decision, NotSigned, Verdict};
 use std::fmt;
 use std::sync::Arc;
 
@@ -26,6 +34,12 @@ pub enum SignFailure {
     KeyOperation(#[from] SignError),
     #[error("the header section is larger than {MAX_HEADER_BYTES} bytes (1 MiB)")]
     HeadersTooLarge,
+    /// The authenticated login may not sign for this signature's domain.
+    #[error(transparent)]
+    Unauthorized(Denial),
+    /// Whether the login may sign for it could not be found out.
+    #[error("{0}")]
+    AuthorizationUnavailable(String),
 }
 
 impl SignFailure {
@@ -36,7 +50,13 @@ impl SignFailure {
             SignFailure::Sign(_) => "signature could not be computed",
             SignFailure::KeyOperation(e) => e.public_reason(),
             SignFailure::HeadersTooLarge => "header section too large",
+            SignFailure::Unauthorized(_) => "the authenticated user may not send as this domain",
+            SignFailure::AuthorizationUnavailable(_) => "sender authorization unavailable",
         }
+    }
+
+    fn is_unauthorized(&self) -> bool {
+        matches!(self, SignFailure::Unauthorized(_))
     }
 }
 
@@ -53,47 +73,149 @@ impl Failure {
     /// The SMTP reply for a message refused because of this failure.
     pub fn smtp_reply(&self) -> (&'static str, &'static str, String) {
         let what = match &self.signature {
+            Some((domain, _)) if self.error.is_unauthorized() => format!(
+                "DKIM signing for {domain} refused: {}",
+                self.error.public_reason()
+            ),
             Some((domain, _)) => format!(
                 "DKIM signing for {domain} failed: {}",
                 self.error.public_reason()
             ),
             None => format!("DKIM signing failed: {}", self.error.public_reason()),
         };
+        // 5.7.1/4.7.1: delivery not authorized (RFC 3463); 5.7.0/4.3.0: other security or
+        // system trouble.
+        let (permanent, transient) = if self.error.is_unauthorized() {
+            ("5.7.1", "4.7.1")
+        } else {
+            ("5.7.0", "4.3.0")
+        };
         match self.action {
-            OnError::Reject => ("550", "5.7.0", what),
-            _ => ("451", "4.3.0", format!("{what}; try again later")),
+            OnError::Reject => ("550", permanent, what),
+            _ => ("451", transient, format!("{what}; try again later")),
+        }
+    }
+
+    /// Whether this failure is a login signing for a domain it may not sign for.
+    pub fn is_unauthorized(&self) -> bool {
+        self.error.is_unauthorized()
+    }
+
+    /// The name of the setting whose value is `action`.
+    fn setting(&self) -> &'static str {
+        if self.error.is_unauthorized() {
+            "on_unauthorized"
+        } else {
+            "on_error"
         }
     }
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let setting = self.setting();
         match &self.signature {
-            Some((d, s)) => write!(f, "{d}/{s}: {} (on_error={})", self.error, self.action),
-            None => write!(f, "{} (on_error={})", self.error, self.action),
+            Some((d, s)) => write!(f, "{d}/{s}: {} ({setting}={})", self.error, self.action),
+            None => write!(f, "{} ({setting}={})", self.error, self.action),
         }
     }
 }
 
-/// What to do after the end of the headers.
-#[derive(Debug)]
-pub enum HeadersDecision {
-    /// Signatures are being computed; send the body.
-    Sign,
-    /// Nothing to sign; the reason is for the log.
-    Skip(String),
-    /// A signature failed and its `on_error` refuses the message.
-    Refuse(Failure),
+/// The refusing failure among `failures`, if any: the strictest action wins (reject over
+/// tempfail); failures with `accept` only leave their signature out.
+pub(crate) fn strictest<'a>(failures: impl Iterator<Item = &'a Failure>) -> Option<&'a Failure> {
+    failures
+        .filter(|f| f.action != OnError::Accept)
+        .fold(None, |best: Option<&Failure>, f| match best {
+            Some(b) if b.action >= f.action => Some(b),
+            _ => Some(f),
+        })
 }
 
-/// The outcome at the end of the message.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub signed: Vec<SignedHeader>,
-    /// Failures whose `on_error = accept` let the message go on without that signature.
-    pub accepted_failures: Vec<Failure>,
-    /// A failure that refuses the message (the strictest one), if any.
-    pub refusal: Option<Failure>,
+/// What the MTA told us about the message before its content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub origin: Origin,
+    /// `MAIL FROM`, as the MTA passed it (for the log).
+    pub sender: Option<String>,
+}
+
+/// Everything the session found out about a message, step by step: the log line, the metrics
+/// and `explain` are all made from this.
+#[derive(Debug)]
+pub struct Report {
+    pub envelope: Envelope,
+    pub trust: Result<Trust, Untrusted>,
+    /// The author, once the headers are in.
+    pub author: Option<Result<Author, NoAuthor>>,
+    /// The `[domain]` entry the author matched.
+    pub entry: Option<(Arc<SignerTemplate>, DomainMatch)>,
+    /// Each domain an authenticated login asked to sign for, and the answer.
+    pub authorizations: Vec<AuthorizationStep>,
+    /// Every planned signature and what became of it, in plan order.
+    pub signatures: Vec<SignatureReport>,
+}
+
+/// One question of the tenant authorization.
+#[derive(Debug, Clone)]
+pub struct AuthorizationStep {
+    pub subject: String,
+    pub result: Result<Grant, Refusal>,
+}
+
+/// One planned signature and what became of it.
+#[derive(Debug)]
+pub struct SignatureReport {
+    pub planned: PlannedSignature,
+    /// Its key, once fetched.
+    pub key: Option<Arc<SigningKey>>,
+    pub state: SignatureState,
+}
+
+#[derive(Debug)]
+pub enum SignatureState {
+    /// May be made (authorized, or no authorization needed); its key is not fetched yet.
+    Pending,
+    /// Not attempted: another signature already refuses the message.
+    NotAttempted,
+    /// Its key is in hand and the body is being hashed.
+    Started,
+    Signed(SignedHeader),
+    Failed(Failure),
+}
+
+impl Report {
+    fn new(envelope: Envelope, trust: Result<Trust, Untrusted>) -> Self {
+        Report {
+            envelope,
+            trust,
+            author: None,
+            entry: None,
+            authorizations: Vec::new(),
+            signatures: Vec::new(),
+        }
+    }
+
+    /// The signatures made, in plan order.
+    pub fn signed(&self) -> impl Iterator<Item = &SignedHeader> {
+        self.signatures.iter().filter_map(|s| match &s.state {
+            SignatureState::Signed(header) => Some(header),
+            _ => None,
+        })
+    }
+
+    /// Every failure, refusing or not.
+    pub fn failures(&self) -> impl Iterator<Item = &Failure> {
+        self.signatures.iter().filter_map(|s| match &s.state {
+            SignatureState::Failed(failure) => Some(failure),
+            _ => None,
+        })
+    }
+
+    /// Failures whose `accept` let the message go on without that signature.
+    pub fn left_out(&self) -> impl Iterator<Item = &Failure> {
+        self.failures().filter(|f| f.action == OnError::Accept)
+    }
 }
 
 enum State {
@@ -104,11 +226,17 @@ enum State {
         too_large: bool,
     },
     Signing {
-        streams: Vec<SignatureStream>,
+        /// Each with the index of its report.
+        streams: Vec<(usize, SignatureStream)>,
         body: CrlfBody,
-        accepted_failures: Vec<Failure>,
     },
     Done,
+}
+
+/// The header section as it will be signed, and the values of its `From` fields.
+struct Headers {
+    section: Vec<u8>,
+    from_values: Vec<Vec<u8>>,
 }
 
 /// A message that may be signed.
@@ -116,25 +244,47 @@ pub struct MessageSession {
     runtime: Arc<Runtime>,
     /// Whether header values arrive with the space after the colon (milter LEADING_SPACE).
     leading_space: bool,
+    /// The authenticated login, held to `[authorization]`.
+    login: Option<Login>,
+    report: Report,
     state: State,
 }
 
 impl MessageSession {
-    /// The configuration generation this message works with.
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
-    }
-
-    pub fn new(runtime: Arc<Runtime>, leading_space: bool) -> Self {
-        MessageSession {
+    /// At `MAIL FROM`: a session for a message that may be signed, or the verdict for one that
+    /// may not (accept it unsigned, without looking at it).
+    pub fn begin(
+        runtime: Arc<Runtime>,
+        envelope: Envelope,
+        leading_space: bool,
+    ) -> Result<Self, Box<Verdict>> {
+        let trust = policy::may_sign(&runtime.config.milter, &envelope.origin);
+        let login = match &trust {
+            Ok(Trust::Authenticated {
+                login: Some(name), ..
+            }) => Some(Login::new(name, &runtime.config.authorization)),
+            _ => None,
+        };
+        let report = Report::new(envelope, trust);
+        if report.trust.is_err() {
+            return Err(Box::new(Verdict::new(Decision::Untrusted, report)));
+        }
+        Ok(MessageSession {
             runtime,
             leading_space,
+            login,
+            report,
             state: State::Collecting {
                 section: Vec::with_capacity(4096),
                 from_values: Vec::new(),
                 too_large: false,
             },
-        }
+        })
+    }
+
+    /// The configuration generation this message works with.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
     }
 
     /// Records one header field as the MTA passed it (folded lines separated by `\n`).
@@ -175,168 +325,338 @@ impl MessageSession {
         }
     }
 
-    /// Chooses the signatures, resolves their keys and starts them on the header section.
-    pub async fn end_of_headers(&mut self) -> HeadersDecision {
-        let State::Collecting {
-            section,
-            from_values,
-            too_large,
-        } = std::mem::replace(&mut self.state, State::Done)
-        else {
-            return HeadersDecision::Skip("end of headers seen twice".into());
+    /// At the end of the headers: finds the author and its signatures, asks whether the login
+    /// may sign for them, resolves their keys and starts them on the header section. `Some`:
+    /// the verdict is in (not signed, or refused) and the body is not needed.
+    pub async fn end_of_headers(&mut self) -> Option<Verdict> {
+        let decided = match self.take_headers() {
+            Ok(headers) => self.start(&headers.section, &headers.from_values).await,
+            Err(decision) => Err(decision),
         };
-        let runtime = self.runtime.clone();
-        if too_large {
-            return HeadersDecision::Refuse(Failure {
-                signature: None,
-                error: SignFailure::HeadersTooLarge,
-                action: runtime.config.milter.on_error,
+        match decided {
+            Ok(streams) => {
+                self.state = State::Signing {
+                    streams,
+                    body: CrlfBody::default(),
+                };
+                None
+            }
+            Err(decision) => Some(self.conclude(*decision)),
+        }
+    }
+
+    /// The header section and the `From` values, once.
+    /// (Errors are boxed: a decision is large, and the way out of the hot path.)
+    fn take_headers(&mut self) -> Result<Headers, Box<Decision>> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Collecting {
+                too_large: true, ..
+            } => {
+                let failure = Failure {
+                    signature: None,
+                    error: SignFailure::HeadersTooLarge,
+                    action: self.runtime.config.milter.on_error,
+                };
+                Err(Box::new(match failure.action {
+                    OnError::Accept => Decision::NotSigned(NotSigned::Failed(failure)),
+                    _ => Decision::Refused(failure),
+                }))
+            }
+            State::Collecting {
+                section,
+                from_values,
+                ..
+            } => Ok(Headers {
+                section,
+                from_values,
+            }),
+            _ => Err(Box::new(Decision::NotSigned(NotSigned::Protocol(
+                "end of headers seen twice",
+            )))),
+        }
+    }
+
+    /// Plans, authorizes and starts the signatures: the streams under way, or the decision
+    /// when none can be.
+    async fn start(
+        &mut self,
+        section: &[u8],
+        from_values: &[Vec<u8>],
+    ) -> Result<Vec<(usize, SignatureStream)>, Box<Decision>> {
+        let from_refs: Vec<&[u8]> = from_values.iter().map(Vec::as_slice).collect();
+        self.plan(&from_refs).await?;
+        let streams = self.start_signatures(section).await;
+        if let Some(refusal) = strictest(self.report.failures()) {
+            return Err(Box::new(Decision::Refused(refusal.clone())));
+        }
+        if streams.is_empty() {
+            return Err(Box::new(Decision::NotSigned(NotSigned::nothing_made(
+                &self.report,
+            ))));
+        }
+        Ok(streams)
+    }
+
+    /// The author, its signatures, and for an authenticated login whether it may make them.
+    /// Authorization comes first: a login that may not sign for a domain costs no key fetch.
+    async fn plan(&mut self, from_refs: &[&[u8]]) -> Result<(), Box<Decision>> {
+        let author = policy::author(from_refs);
+        let plan = policy::plan(
+            &self.runtime.config.signing,
+            author.as_ref().map(|a| a.address.as_str()),
+        );
+        self.report.entry = plan.entry;
+        let no_signature = match &author {
+            Ok(a) => NotSigned::NoEntry(a.domain.clone()),
+            Err(e) => NotSigned::NoAuthor(e.clone()),
+        };
+        let other_from_domains = match &author {
+            Err(_) if self.is_authenticated() && !plan.signatures.is_empty() => {
+                policy::from_domains(from_refs)
+            }
+            _ => Vec::new(),
+        };
+        self.report.author = Some(author);
+        if plan.signatures.is_empty() {
+            return Err(Box::new(Decision::NotSigned(no_signature)));
+        }
+        for planned in plan.signatures {
+            let state = match self.authorize(&planned, &other_from_domains).await {
+                Some(failure) => SignatureState::Failed(failure),
+                None => SignatureState::Pending,
+            };
+            self.report.signatures.push(SignatureReport {
+                planned,
+                key: None,
+                state,
             });
         }
-        let from_refs: Vec<&[u8]> = from_values.iter().map(Vec::as_slice).collect();
-        let author = policy::author_domain(&from_refs);
-        let plan = policy::plan(&runtime.config.signing, author.as_deref());
-        if plan.signatures.is_empty() {
-            return HeadersDecision::Skip(no_signature_reason(&author));
+        match strictest(self.report.failures()) {
+            // Nothing found later could be stricter: no key is fetched.
+            Some(refusal) if refusal.action == OnError::Reject => {
+                let refusal = refusal.clone();
+                for signature in &mut self.report.signatures {
+                    if matches!(signature.state, SignatureState::Pending) {
+                        signature.state = SignatureState::NotAttempted;
+                    }
+                }
+                Err(Box::new(Decision::Refused(refusal)))
+            }
+            _ => Ok(()),
         }
+    }
 
-        let mut streams = Vec::with_capacity(plan.signatures.len());
-        let mut accepted_failures = Vec::new();
-        let mut refusal: Option<Failure> = None;
-        for planned in &plan.signatures {
-            match self.start_signature(planned, &section).await {
-                Ok(stream) => streams.push(stream),
+    /// Fetches the keys of the signatures that may be made and starts them on `section`.
+    async fn start_signatures(&mut self, section: &[u8]) -> Vec<(usize, SignatureStream)> {
+        let mut streams = Vec::new();
+        let runtime = self.runtime.clone();
+        for (index, report) in self.report.signatures.iter_mut().enumerate() {
+            if !matches!(report.state, SignatureState::Pending) {
+                continue;
+            }
+            let planned = &report.planned;
+            match start_signature(&runtime, planned, section).await {
+                Ok((stream, key)) => {
+                    report.key = Some(key);
+                    report.state = SignatureState::Started;
+                    streams.push((index, stream));
+                }
                 Err(error) => {
-                    let failure = Failure {
+                    report.state = SignatureState::Failed(Failure {
                         signature: Some((planned.domain.clone(), planned.selector().to_string())),
                         error,
                         action: planned.template.on_error,
-                    };
-                    if failure.action == OnError::Accept {
-                        accepted_failures.push(failure);
-                    } else if refusal.as_ref().is_none_or(|r| failure.action > r.action) {
-                        refusal = Some(failure);
-                    }
+                    });
                 }
             }
         }
-        if let Some(failure) = refusal {
-            return HeadersDecision::Refuse(failure);
-        }
-        if streams.is_empty() {
-            // Every signature failed with on_error = accept: say why, then let the message pass.
-            let reasons: Vec<String> = accepted_failures.iter().map(ToString::to_string).collect();
-            return HeadersDecision::Skip(format!(
-                "no signature could be made: {}",
-                reasons.join("; ")
-            ));
-        }
-        self.state = State::Signing {
-            streams,
-            body: CrlfBody::default(),
-            accepted_failures,
-        };
-        HeadersDecision::Sign
+        streams
     }
 
-    async fn start_signature(
-        &self,
+    fn is_authenticated(&self) -> bool {
+        matches!(self.report.trust, Ok(Trust::Authenticated { .. }))
+    }
+
+    /// For an authenticated login: may it sign `planned`? A signature as the author domain
+    /// needs a grant for that domain; one with a fixed `d=` is the operator's, unless that
+    /// `d=` may align with a From domain (DMARC) — then it speaks for that domain as well and
+    /// needs the same grant. `None`: it may.
+    async fn authorize(
+        &mut self,
         planned: &PlannedSignature,
-        section: &[u8],
-    ) -> Result<SignatureStream, SignFailure> {
-        let template = &planned.template;
-        let source = template.key.resolve(&planned.domain, &template.selector);
-        let key = self.runtime.keys.get(&source).await?;
-        key.check_algo(template.algo)
-            .map_err(|error| KeyError::Parse {
-                origin: source.to_string(),
+        other_from_domains: &[String],
+    ) -> Option<Failure> {
+        if !self.is_authenticated() {
+            return None;
+        }
+        let author = match self.report.author.as_ref() {
+            Some(Ok(a)) => Some(a.clone()),
+            _ => None,
+        };
+        let subjects: Vec<(Option<String>, String)> = match &author {
+            Some(a)
+                if planned.signs_as_author() || domain::may_align(&planned.domain, &a.domain) =>
+            {
+                vec![(Some(a.address.clone()), a.domain.clone())]
+            }
+            Some(_) => Vec::new(),
+            None => other_from_domains
+                .iter()
+                .filter(|d| domain::may_align(&planned.domain, d))
+                .map(|d| (None, d.clone()))
+                .collect(),
+        };
+        for (address, subject_domain) in subjects {
+            let result = self
+                .authorization(address.as_deref(), &subject_domain)
+                .await;
+            let failure = |error, action| Failure {
+                signature: Some((planned.domain.clone(), planned.selector().to_string())),
                 error,
-            })?;
-        let mut stream = SignatureStream::new(planned, key);
-        stream.write(section);
-        stream.write(b"\r\n");
-        Ok(stream)
+                action,
+            };
+            match result {
+                Ok(_) => {}
+                Err(Refusal::Denied(denial)) => {
+                    let action = self.runtime.config.authorization.on_unauthorized;
+                    return Some(failure(SignFailure::Unauthorized(denial), action));
+                }
+                Err(unavailable @ Refusal::Unavailable { .. }) => {
+                    return Some(failure(
+                        SignFailure::AuthorizationUnavailable(unavailable.to_string()),
+                        planned.template.on_error,
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// The answer for one subject, asked once per message.
+    async fn authorization(
+        &mut self,
+        address: Option<&str>,
+        subject_domain: &str,
+    ) -> Result<Grant, Refusal> {
+        let key = address.map_or_else(|| format!("@{subject_domain}"), str::to_string);
+        if let Some(step) = self.report.authorizations.iter().find(|s| s.subject == key) {
+            return step.result.clone();
+        }
+        let runtime = self.runtime.clone();
+        let settings = &runtime.config.authorization;
+        let subject = Subject {
+            address,
+            domain: subject_domain,
+        };
+        let result = match &self.login {
+            Some(login) => runtime.authorizer.authorize(settings, login, subject).await,
+            None => Err(Refusal::Denied(Denial {
+                login: match &self.report.trust {
+                    Ok(Trust::Authenticated {
+                        mechanism: Some(m), ..
+                    }) => format!("an unnamed {m} login"),
+                    _ => "an unnamed login".to_string(),
+                },
+                domain: subject_domain.to_string(),
+                why: "the MTA reported no login name ({auth_authen})".to_string(),
+            })),
+        };
+        runtime.env.metrics.authorization(match &result {
+            Ok(_) => "granted",
+            Err(Refusal::Denied(_)) => "denied",
+            Err(Refusal::Unavailable { .. }) => "unavailable",
+        });
+        self.report.authorizations.push(AuthorizationStep {
+            subject: key,
+            result: result.clone(),
+        });
+        result
     }
 
     /// Feeds a body chunk (any size; line ends normalized to CRLF).
     pub fn body_chunk(&mut self, chunk: &[u8]) {
-        if let State::Signing { streams, body, .. } = &mut self.state {
+        if let State::Signing { streams, body } = &mut self.state {
             let bytes = body.normalize(chunk);
-            for stream in streams.iter_mut() {
+            for (_, stream) in streams.iter_mut() {
                 stream.write(bytes);
             }
         }
     }
 
-    /// Finishes every signature. The key operations of one message run concurrently: a
-    /// message signed with two remote keys waits for one round trip, not two.
-    pub async fn finish(mut self) -> Outcome {
-        let State::Signing {
-            streams,
-            accepted_failures,
-            ..
-        } = std::mem::replace(&mut self.state, State::Done)
-        else {
-            return Outcome::default();
+    /// Finishes every signature: the verdict on the message. The key operations of one
+    /// message run concurrently: a message signed with two remote keys waits for one round
+    /// trip, not two.
+    pub async fn finish(mut self) -> Verdict {
+        let State::Signing { streams, .. } = std::mem::replace(&mut self.state, State::Done) else {
+            return self.conclude(Decision::NotSigned(NotSigned::Protocol(
+                "the message ended before its headers",
+            )));
         };
-        let mut outcome = Outcome {
-            accepted_failures,
-            ..Outcome::default()
-        };
-        let mut unsigned: Vec<UnsignedSignature> = Vec::with_capacity(streams.len());
-        for stream in streams {
-            let id = (stream.domain.clone(), stream.selector.clone());
+        let mut unsigned: Vec<(usize, UnsignedSignature)> = Vec::with_capacity(streams.len());
+        for (index, stream) in streams {
             let action = stream.on_error;
             match stream.finish(self.leading_space) {
-                Ok(pending) => unsigned.push(pending),
-                Err(e) => outcome.add_failure(Failure {
-                    signature: Some(id),
-                    error: SignFailure::Sign(e.to_string()),
-                    action,
-                }),
+                Ok(pending) => unsigned.push((index, pending)),
+                Err(e) => self.fail(index, SignFailure::Sign(e.to_string()), action),
             }
         }
-        let ids: Vec<((String, String), OnError)> = unsigned
-            .iter()
-            .map(|u| ((u.domain.clone(), u.selector.clone()), u.on_error))
-            .collect();
-        let results =
-            futures_util::future::join_all(unsigned.into_iter().map(UnsignedSignature::sign)).await;
-        for ((id, action), result) in ids.into_iter().zip(results) {
+        let signing = unsigned.into_iter().map(|(index, pending)| async move {
+            let action = pending.on_error;
+            (index, action, pending.sign().await)
+        });
+        for (index, action, result) in futures_util::future::join_all(signing).await {
             match result {
-                Ok(signed) => outcome.signed.push(signed),
-                Err(e) => outcome.add_failure(Failure {
-                    signature: Some(id),
-                    error: SignFailure::KeyOperation(e),
-                    action,
-                }),
+                Ok(signed) => self.report.signatures[index].state = SignatureState::Signed(signed),
+                Err(e) => self.fail(index, SignFailure::KeyOperation(e), action),
             }
         }
-        outcome
+        let decision = match strictest(self.report.failures()) {
+            Some(refusal) => Decision::Refused(refusal.clone()),
+            None if self.report.signed().next().is_some() => Decision::Signed,
+            None => Decision::NotSigned(NotSigned::nothing_made(&self.report)),
+        };
+        self.conclude(decision)
+    }
+
+    /// Records that signature `index` failed with `error`, and the `on_error` that applies.
+    fn fail(&mut self, index: usize, error: SignFailure, action: OnError) {
+        let report = &mut self.report.signatures[index];
+        report.state = SignatureState::Failed(Failure {
+            signature: Some((
+                report.planned.domain.clone(),
+                report.planned.selector().to_string(),
+            )),
+            error,
+            action,
+        });
+    }
+
+    fn conclude(&mut self, decision: Decision) -> Verdict {
+        self.state = State::Done;
+        // The session is finished: what stays behind is never read.
+        let emptied = Report::new(self.report.envelope.clone(), self.report.trust.clone());
+        Verdict::new(decision, std::mem::replace(&mut self.report, emptied))
     }
 }
 
-impl Outcome {
-    /// Records a failed signature: left out when its `on_error` accepts that, else the
-    /// strictest refusal wins.
-    fn add_failure(&mut self, failure: Failure) {
-        if failure.action == OnError::Accept {
-            self.accepted_failures.push(failure);
-        } else if self
-            .refusal
-            .as_ref()
-            .is_none_or(|r| failure.action > r.action)
-        {
-            self.refusal = Some(failure);
-        }
-    }
-}
-
-fn no_signature_reason(author: &Result<String, NoAuthor>) -> String {
-    match author {
-        Ok(domain) => format!("no signing entry for author domain {domain}"),
-        Err(reason) => format!("no author domain: {reason}"),
-    }
+/// Fetches the key of `planned` and starts its signature on the header section.
+async fn start_signature(
+    runtime: &Runtime,
+    planned: &PlannedSignature,
+    section: &[u8],
+) -> Result<(SignatureStream, Arc<SigningKey>), SignFailure> {
+    let template = &planned.template;
+    let source = template.key.resolve(&planned.domain, &template.selector);
+    let key = runtime.keys.get(&source).await?;
+    key.check_algo(template.algo)
+        .map_err(|error| KeyError::Parse {
+            origin: source.to_string(),
+            error,
+        })?;
+    let mut stream = SignatureStream::new(planned, key.clone());
+    stream.write(section);
+    stream.write(b"\r\n");
+    Ok((stream, key))
 }
 
 /// Appends `value` with every bare `\n` turned into `\r\n` (MTAs pass folded header lines with LF).
@@ -496,13 +816,24 @@ mod tests {
         ));
         // "X:" + value + CRLF is the whole section (leading space mode adds nothing).
         let fits = |extra: usize| {
-            let mut session = MessageSession::new(runtime.clone(), true);
+            let envelope = Envelope {
+                origin: Origin {
+                    client: policy::ClientAddr::Local,
+                    auth_user: None,
+                    auth_type: None,
+                    daemon_name: None,
+                },
+                sender: None,
+            };
+            let Ok(mut session) = MessageSession::begin(runtime.clone(), envelope, true) else {
+                panic!("a local client may sign");
+            };
             let value = vec![b'a'; MAX_HEADER_BYTES - 4 + extra];
             session.add_header(b"X", &value);
             match &session.state {
                 State::Collecting {
                     section, too_large, ..
-                } => (!*too_large, section.len()),
+                } => (!too_large, section.len()),
                 _ => unreachable!(),
             }
         };

@@ -105,7 +105,7 @@ fn sign_follows_the_same_policy_as_the_milter() {
             "--client-ip",
             "203.0.113.5",
             "--auth",
-            "alice",
+            "alice@example.com",
         ],
         message,
     );
@@ -113,6 +113,28 @@ fn sign_follows_the_same_policy_as_the_milter() {
         text(&authed.stdout).starts_with("DKIM-Signature:"),
         "{}",
         text(&authed.stderr)
+    );
+    // A login of another domain is not signed as example.com (the default authorization).
+    let other = signet(
+        &[
+            "sign",
+            "-c",
+            &config,
+            "--client-ip",
+            "203.0.113.5",
+            "--auth",
+            "bob@example.net",
+        ],
+        message,
+    );
+    assert!(other.status.success());
+    assert_eq!(other.stdout, message, "{}", text(&other.stderr));
+    assert!(
+        text(&other.stderr).contains(
+            "bob@example.net may not sign for example.com: its own domain is example.net"
+        ),
+        "{}",
+        text(&other.stderr)
     );
 }
 
@@ -241,5 +263,108 @@ fn check_records_prints_what_to_publish() {
             .unwrap_or_else(|| panic!("no record for {selector}:\n{stdout}"));
         let joined: String = line.split('"').skip(1).step_by(2).collect();
         assert_eq!(joined, value.trim(), "{line}");
+    }
+}
+
+#[test]
+fn check_lists_a_per_mailbox_entry_with_the_key_of_its_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(
+        dir.path(),
+        "[domain.\"example.com\"]\nselector = \"rsa1\"\n[domain.\"CEO@example.com\"]\nselector = \"ed1\"\n",
+    );
+    let out = signet(&["check", "-c", &config], b"");
+    let table = text(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.contains("ed1"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.starts_with("example.com ")
+            && row.contains("example.com/ed1.key")
+            && row.ends_with("ok"),
+        "{row}"
+    );
+    // The mailbox gets its own selector, everyone else the domain's.
+    for (from, selector) in [
+        ("ceo@example.com", "s=ed1;"),
+        ("ann@example.com", "s=rsa1;"),
+    ] {
+        let message = format!("From: {from}\r\nSubject: x\r\n\r\nbody\r\n");
+        let out = signet(&["sign", "-c", &config], message.as_bytes());
+        assert!(
+            text(&out.stdout).contains(selector),
+            "{from}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn sign_takes_every_input_the_milter_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), DUAL);
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap()
+            + "[milter]\ntrusted_daemon_names = [\"ORIGINATING\"]\n",
+    )
+    .unwrap();
+    let message = b"From: alice@example.com\r\nSubject: x\r\n\r\nbody\r\n";
+    let args = |extra: &[&'static str]| {
+        let mut a = vec!["sign", "-c", config.as_str(), "--client-ip", "203.0.113.5"];
+        a.extend_from_slice(extra);
+        a
+    };
+    let by_daemon = signet(
+        &args(&[
+            "--daemon-name",
+            "ORIGINATING",
+            "--mail-from",
+            "a@example.com",
+        ]),
+        message,
+    );
+    assert!(
+        text(&by_daemon.stdout).starts_with("DKIM-Signature:"),
+        "{}",
+        text(&by_daemon.stderr)
+    );
+    let mechanism_only = signet(&args(&["--auth-type", "CRAM-MD5"]), message);
+    assert_eq!(mechanism_only.stdout, message);
+    assert!(
+        text(&mechanism_only.stderr).contains("the MTA reported no login name"),
+        "{}",
+        text(&mechanism_only.stderr)
+    );
+}
+
+#[test]
+fn explain_walks_the_lookup_and_says_why_nothing_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(
+        dir.path(),
+        "[domain.\"*.example.com\"]\nselector = \"rsa1\"\n",
+    );
+    let out = signet(
+        &["explain", "-c", &config],
+        b"From: Ann <ann@Example.COM>\nSubject: x\n\nbody\n",
+    );
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    for line in [
+        "may be signed: trusted client 127.0.0.1",
+        "ann@example.com (domain example.com)",
+        "no entry matches",
+        "[domain.\"ann@example.com\"]: no such entry",
+        "[domain.\"example.com\"]: no such entry",
+        "[domain.\"*.com\"]: no such entry",
+        "[domain.\"*\"]: no such entry",
+        "note: [domain.\"*.example.com\"] matches subdomains only, never example.com itself",
+        "result: not signed: no signing entry for author domain example.com",
+        "milter: accept, unsigned",
+    ] {
+        assert!(shown.contains(line), "{line:?} missing:\n{shown}");
     }
 }

@@ -9,6 +9,8 @@
 //!   that table: that line becomes the table's header.
 //! - A block without a `[base]` table gets `[base] selector = "s1"`, so that `[domain]` and
 //!   `[signature]` examples need not repeat a selector.
+//! - A `login_map = "PATH"` (read when the configuration loads) reads an empty map file
+//!   instead of PATH.
 //! - A callback (`event_name = "N"`) or a signature (`additional_signatures = ["N"]`) that the
 //!   block names but does not define is added, as a placeholder.
 //! - A fenced block in another language that reads as a signet-milter configuration fails this
@@ -158,6 +160,7 @@ fn strings_named(value: &toml::Value, key: &str, out: &mut Vec<String>) {
 /// The example with the completions of the module documentation. Lines keep their numbers:
 /// a `# in [TABLE]` line becomes the header, everything else is appended.
 fn complete(text: &str) -> String {
+    let text = with_files_it_reads(text);
     let mut text = match text.split_once('\n') {
         Some((first, rest)) if first.trim_start().starts_with("# in [") => {
             let header = first.trim_start().trim_start_matches("# in ").trim_end();
@@ -208,6 +211,27 @@ fn complete(text: &str) -> String {
 
 /// The problem with loading `example`, if any: `file:line:column: reason` and the text as
 /// loaded.
+/// `login_map = "PATH"` is read at load (a Postfix login map, which the docs name by its
+/// usual path): PATH becomes an empty map file of the test's.
+fn with_files_it_reads(text: &str) -> String {
+    static MAP: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let map = MAP.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("doc-examples-login-map");
+        std::fs::write(&path, "# empty\n").unwrap();
+        path
+    });
+    text.lines()
+        .map(|line| match line.trim_start().strip_prefix("login_map") {
+            Some(rest) if rest.trim_start().starts_with('=') => {
+                let indent = &line[..line.len() - line.trim_start().len()];
+                let comment = line.find(" #").map_or("", |i| &line[i..]);
+                format!("{indent}login_map = \"{}\"{comment}\n", map.display())
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect()
+}
+
 fn load(example: &Example) -> Option<String> {
     let completed = complete(&example.text);
     let error = Config::parse(&completed, Path::new(&example.file)).err()?;

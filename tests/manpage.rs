@@ -21,6 +21,7 @@ fn man_writes_a_page_per_command_from_the_cli_definition() {
         pages,
         [
             "signet-milter-check.8",
+            "signet-milter-explain.8",
             "signet-milter-keygen.8",
             "signet-milter-run.8",
             "signet-milter-sign.8",

@@ -171,7 +171,10 @@ async fn outsiders_are_accepted_unsigned_at_mail_and_authenticated_users_signed(
     let mut conn = milter.connect(outside).await;
     let sent = send(
         &mut conn,
-        &[("{auth_authen}", "alice"), ("{auth_type}", "PLAIN")],
+        &[
+            ("{auth_authen}", "alice@example.com"),
+            ("{auth_type}", "PLAIN"),
+        ],
         &message,
     )
     .await;

@@ -78,9 +78,10 @@ struct Args {
     /// domain once) or `random` (uniform, fixed seed).
     #[arg(long, default_value = "random")]
     domain_order: DomainOrder,
-    /// SMTP AUTH user sent as {auth_authen} (empty: not authenticated).
-    #[arg(long, default_value = "bench")]
-    auth_user: String,
+    /// SMTP AUTH user sent as {auth_authen} (default bench@FROM_DOMAIN, which may sign for
+    /// the author domain; "none": not authenticated).
+    #[arg(long)]
+    auth_user: Option<String>,
     /// SMTP client address sent in SMFIC_CONNECT.
     #[arg(long, default_value = "192.0.2.25")]
     client_addr: IpAddr,
@@ -323,7 +324,12 @@ async fn one_message(
     }
     let (c, count) = conn.as_mut().expect("connection just opened");
     *count += 1;
-    let envelope = Envelope::new(seq, id, &from_domain(args, seq));
+    let domain = from_domain(args, seq);
+    let envelope = Envelope::new(seq, id, &domain);
+    if args.auth_user.is_none() {
+        // The default login may sign for the author domain, which --domains varies per message.
+        values.insert("{auth_authen}", format!("bench@{domain}"));
+    }
     values.insert("i", queue_id(seq, id));
     values.insert("{mail_addr}", envelope.sender.clone());
     values.insert("{rcpt_addr}", envelope.recipient.clone());
@@ -397,9 +403,14 @@ fn connection_macros(args: &Args) -> MacroValues {
     v.insert("_", format!("client.example [{}]", args.client_addr));
     v.insert("{client_addr}", args.client_addr.to_string());
     v.insert("{client_name}", "client.example".into());
-    if !args.auth_user.is_empty() {
+    let login = match args.auth_user.as_deref() {
+        None => Some(format!("bench@{}", args.from_domain)),
+        Some("none") => None,
+        Some(login) => Some(login.to_string()),
+    };
+    if let Some(login) = login {
         v.insert("{auth_type}", "PLAIN".into());
-        v.insert("{auth_authen}", args.auth_user.clone());
+        v.insert("{auth_authen}", login);
     }
     v
 }

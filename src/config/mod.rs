@@ -1,11 +1,13 @@
-//! The configuration file: one TOML document with the daemon's sections (`[milter]`, `[keys]`,
-//! `[cache]`, `[log]`, `[metrics]`, `[vault]`, `[pkcs11]`, `[callbacks]`) and KumoMTA's `dkim_sign` signing table (`[base]`,
-//! `[domain."…"]`, `[signature."…"]`).
+//! The configuration file: one TOML document with the daemon's sections (`[milter]`,
+//! `[authorization]`, `[keys]`, `[cache]`, `[log]`, `[metrics]`, `[vault]`, `[pkcs11]`,
+//! `[callbacks]`) and KumoMTA's `dkim_sign` signing table (`[base]`, `[domain."…"]`,
+//! `[signature."…"]`).
 //!
 //! Loading parses into validated types: after [`Config::load`] succeeds, every duration, network,
 //! template, header list and cross reference is known to be good. Every error names the file, the
 //! line and the column.
 
+pub mod authorization;
 mod environment;
 mod error;
 pub mod keysource;
@@ -13,6 +15,7 @@ mod signing;
 mod template;
 mod values;
 
+pub use authorization::{AuthorizationMode, AuthorizationSettings};
 pub use environment::check_environment;
 pub use error::ConfigError;
 pub use signing::{
@@ -45,6 +48,8 @@ pub struct Config {
     pub keys: KeyConfig,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    /// `[authorization]`: which domains an authenticated login may sign for.
+    pub authorization: AuthorizationSettings,
     pub signing: SigningTable,
 }
 
@@ -279,6 +284,7 @@ struct RawConfig {
     pkcs11: Option<Pkcs11Settings>,
     #[serde(default)]
     callbacks: BTreeMap<String, toml::Spanned<CallbackSettings>>,
+    authorization: Option<toml::Spanned<authorization::RawAuthorization>>,
     base: Option<toml::Spanned<signing::RawBase>>,
     #[serde(default)]
     domain: BTreeMap<String, toml::Spanned<signing::RawDomain>>,
@@ -377,7 +383,9 @@ impl Config {
             }
             callbacks.insert(name, cb);
         }
-        let mut callback_names: BTreeSet<String> = callbacks.keys().cloned().collect();
+        let sections: BTreeSet<String> = callbacks.keys().cloned().collect();
+        let authorization = authorization::build(raw.authorization, path, &sections, &at)?;
+        let mut callback_names = sections;
         callback_names.extend(registered.iter().cloned());
 
         let signing = signing::build(
@@ -414,6 +422,7 @@ impl Config {
             },
             log,
             metrics: raw.metrics.unwrap_or_default(),
+            authorization,
             signing,
         })
     }

@@ -219,17 +219,56 @@ pub struct Recipe {
     pub additional: Vec<Arc<SignerTemplate>>,
 }
 
-/// How an author domain matched the table.
+/// How an author matched the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DomainMatch {
+    /// A per-mailbox entry, `[domain."alice@example.com"]`.
+    Mailbox,
     Exact,
     Wildcard,
     CatchAll,
 }
 
+/// One name the lookup of an author tries, in order; the first that has an entry wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Candidate<'a> {
+    /// The author address, for a per-mailbox entry.
+    Mailbox(&'a str),
+    /// The author domain itself.
+    Exact(&'a str),
+    /// `*.parent`, for each parent domain from the closest up.
+    Wildcard(&'a str),
+    /// `"*"`.
+    CatchAll,
+}
+
+impl Candidate<'_> {
+    pub fn kind(self) -> DomainMatch {
+        match self {
+            Candidate::Mailbox(_) => DomainMatch::Mailbox,
+            Candidate::Exact(_) => DomainMatch::Exact,
+            Candidate::Wildcard(_) => DomainMatch::Wildcard,
+            Candidate::CatchAll => DomainMatch::CatchAll,
+        }
+    }
+}
+
+impl std::fmt::Display for Candidate<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Candidate::Mailbox(address) => write!(f, "[domain.\"{address}\"]"),
+            Candidate::Exact(domain) => write!(f, "[domain.\"{domain}\"]"),
+            Candidate::Wildcard(parent) => write!(f, "[domain.\"*.{parent}\"]"),
+            Candidate::CatchAll => f.write_str("[domain.\"*\"]"),
+        }
+    }
+}
+
 /// The signing table, indexed for lookup by author domain.
 #[derive(Debug, Default)]
 pub struct SigningTable {
+    /// Per-mailbox entries by lowercase address (domain canonical).
+    mailbox: HashMap<String, Arc<SignerTemplate>>,
     exact: HashMap<String, Arc<SignerTemplate>>,
     /// `*.example.com` stored under `example.com`.
     wildcard: HashMap<String, Arc<SignerTemplate>>,
@@ -244,20 +283,51 @@ pub struct SigningTable {
 }
 
 impl SigningTable {
-    /// The entry for `domain` (lowercase, no trailing dot): exact beats the most specific
-    /// wildcard beats `*`. `*.example.com` never matches `example.com` itself.
-    pub fn lookup(&self, domain: &str) -> Option<(&Arc<SignerTemplate>, DomainMatch)> {
-        if let Some(t) = self.exact.get(domain) {
-            return Some((t, DomainMatch::Exact));
+    /// The entry for an author, given as its address (`local@domain`) or its domain, both
+    /// canonical: a per-mailbox entry beats the exact domain, which beats the most specific
+    /// wildcard, which beats `*`. `*.example.com` never matches `example.com` itself.
+    pub fn lookup<'a>(&'a self, author: &'a str) -> Option<(&'a Arc<SignerTemplate>, DomainMatch)> {
+        let mut found = None;
+        self.walk(author, |candidate, entry| {
+            found = entry.map(|e| (e, candidate.kind()));
+            found.is_some()
+        });
+        found
+    }
+
+    /// Visits what [`SigningTable::lookup`] tries for `author`, in order, each with its entry if
+    /// there is one, until `visit` returns true. The one definition of the lookup order:
+    /// `lookup` and `explain` both walk it.
+    pub fn walk<'a>(
+        &'a self,
+        author: &'a str,
+        mut visit: impl FnMut(Candidate<'a>, Option<&'a Arc<SignerTemplate>>) -> bool,
+    ) {
+        let domain = match author.rsplit_once('@') {
+            Some((_, domain)) => {
+                if visit(Candidate::Mailbox(author), self.mailbox.get(author)) {
+                    return;
+                }
+                domain
+            }
+            None => author,
+        };
+        if visit(Candidate::Exact(domain), self.exact.get(domain)) {
+            return;
         }
         let mut rest = domain;
         while let Some((_, parent)) = rest.split_once('.') {
-            if let Some(t) = self.wildcard.get(parent) {
-                return Some((t, DomainMatch::Wildcard));
+            if visit(Candidate::Wildcard(parent), self.wildcard.get(parent)) {
+                return;
             }
             rest = parent;
         }
-        self.catch_all.as_ref().map(|t| (t, DomainMatch::CatchAll))
+        visit(Candidate::CatchAll, self.catch_all.as_ref());
+    }
+
+    /// Whether `[domain."*.{domain}"]` exists: it matches subdomains only, which surprises.
+    pub fn has_wildcard_below(&self, domain: &str) -> bool {
+        self.wildcard.contains_key(domain)
     }
 
     pub fn additional(&self) -> &[Arc<SignerTemplate>] {
@@ -275,6 +345,12 @@ impl SigningTable {
     pub fn pattern_entries(&self) -> impl Iterator<Item = (String, &Arc<SignerTemplate>)> {
         let wildcards = self.wildcard.iter().map(|(k, v)| (format!("*.{k}"), v));
         wildcards.chain(self.catch_all.iter().map(|v| ("*".to_string(), v)))
+    }
+
+    /// `(address, entry)` of every per-mailbox entry (`[domain."alice@example.com"]`), the
+    /// address lowercase with its domain canonical, in no particular order.
+    pub fn mailbox_entries(&self) -> impl Iterator<Item = (&str, &Arc<SignerTemplate>)> {
+        self.mailbox.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// Whether `"*"` is configured, so that every author domain matches some entry.
@@ -395,13 +471,15 @@ pub(super) fn build(
         table.signatures.insert(name.clone(), Arc::new(template));
     }
 
+    // A copy (of `Arc`s), so the table can be filled while names are looked up in it.
+    let known_signatures = table.signatures.clone();
     let lookup_signatures = |list: &Option<Vec<Spanned<String>>>,
                              owner: &str,
                              referenced: &mut std::collections::HashSet<String>|
      -> Result<Vec<Arc<SignerTemplate>>, ConfigError> {
         let mut out = Vec::new();
         for name in list.iter().flatten() {
-            let sig = table.signatures.get(name.get_ref()).ok_or_else(|| {
+            let sig = known_signatures.get(name.get_ref()).ok_or_else(|| {
                 at(
                     Some(name.span()),
                     format!("{owner} additional_signatures names \"{}\", but there is no [signature.\"{}\"]", name.get_ref(), name.get_ref()),
@@ -415,39 +493,49 @@ pub(super) fn build(
 
     table.additional = lookup_signatures(&base.additional_signatures, "[base]", &mut referenced)?;
 
-    for (pattern, spanned) in &raw.domain {
+    // Domain entries first: a per-mailbox entry inherits from the entry its domain matches.
+    let mut merged: HashMap<&str, (Params, Vec<Arc<SignerTemplate>>)> = HashMap::new();
+    let (mailboxes, domains): (Vec<_>, Vec<_>) = raw
+        .domain
+        .iter()
+        .partition(|(pattern, _)| pattern.contains('@'));
+    let has_mailboxes = !mailboxes.is_empty();
+    for (pattern, spanned) in domains.into_iter().chain(mailboxes) {
         let span = spanned.span();
         let entry = spanned.get_ref();
         let owner = format!("[domain.\"{pattern}\"]");
-        if entry.sets_both_key_and_filename() {
-            return Err(at(
-                Some(span),
-                format!("{owner} sets both key and filename; choose one"),
-            ));
-        }
-        if matches!(
-            entry.policy,
-            Some(SignaturePolicy::OnlyIfMissingDomainBlock)
-        ) {
-            return Err(at(
-                Some(span),
-                format!(
-                    "{owner}: policy OnlyIfMissingDomainBlock only makes sense in a [signature] block"
-                ),
-            ));
-        }
+        check_domain_entry(entry, &owner, span.clone(), at)?;
         let key = DomainPattern::parse(pattern)
             .map_err(|e| at(Some(span.clone()), format!("{owner}: {e}")))?;
-        let additional = lookup_signatures(&entry.additional_signatures, &owner, &mut referenced)?;
+        let own_additional = entry
+            .additional_signatures
+            .as_ref()
+            .map(|_| lookup_signatures(&entry.additional_signatures, &owner, &mut referenced))
+            .transpose()?;
+        let (inherited, inherited_additional) = match &key {
+            DomainPattern::Mailbox { domain, .. } => table
+                .lookup(domain)
+                .and_then(|(parent, _)| match &parent.label {
+                    SignatureLabel::Domain(p) => merged.get(p.as_str()).cloned(),
+                    SignatureLabel::Signature(_) => None,
+                })
+                .unwrap_or_else(|| (base_params.clone(), Vec::new())),
+            _ => (base_params.clone(), Vec::new()),
+        };
+        let params = entry.params().over(&inherited);
+        let additional = own_additional.unwrap_or(inherited_additional);
         let template = Arc::new(ctx.template(
             SignatureLabel::Domain(pattern.clone()),
             SigningDomain::Author,
-            entry.params().over(&base_params),
+            params.clone(),
             SignaturePolicy::Always,
-            additional,
+            additional.clone(),
             span.clone(),
         )?);
         let duplicate = match key {
+            DomainPattern::Mailbox { address, .. } => {
+                table.mailbox.insert(address, template.clone()).is_some()
+            }
             DomainPattern::Exact(d) => table.exact.insert(d, template.clone()).is_some(),
             DomainPattern::Wildcard(d) => table.wildcard.insert(d, template.clone()).is_some(),
             DomainPattern::CatchAll => table.catch_all.replace(template.clone()).is_some(),
@@ -455,10 +543,16 @@ pub(super) fn build(
         if duplicate {
             return Err(at(
                 Some(span),
-                format!("{owner} duplicates another entry (domain names are case-insensitive)"),
+                format!(
+                    "{owner} duplicates another entry (names are case-insensitive, and a U-label and its A-label are one name)"
+                ),
             ));
         }
-        // `raw.domain` is a BTreeMap: the entries come in table-name order.
+        // Kept only while per-mailbox entries need their domain's merged parameters.
+        if has_mailboxes {
+            merged.insert(pattern.as_str(), (params, additional));
+        }
+        // Domain entries in table-name order (`raw.domain` is a BTreeMap), then mailboxes.
         table.domains.push(template);
     }
 
@@ -470,6 +564,33 @@ pub(super) fn build(
         }
     }
     Ok(table)
+}
+
+/// What a `[domain]` entry may not say.
+fn check_domain_entry(
+    entry: &RawDomain,
+    owner: &str,
+    span: Range<usize>,
+    at: At<'_>,
+) -> Result<(), ConfigError> {
+    if entry.sets_both_key_and_filename() {
+        return Err(at(
+            Some(span),
+            format!("{owner} sets both key and filename; choose one"),
+        ));
+    }
+    if matches!(
+        entry.policy,
+        Some(SignaturePolicy::OnlyIfMissingDomainBlock)
+    ) {
+        return Err(at(
+            Some(span),
+            format!(
+                "{owner}: policy OnlyIfMissingDomainBlock only makes sense in a [signature] block"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What every entry is built with. The parts entries have in common are made once here and
@@ -611,6 +732,11 @@ impl Context<'_> {
 }
 
 enum DomainPattern {
+    /// `alice@example.com`: one author address (lowercase, domain canonical).
+    Mailbox {
+        address: String,
+        domain: String,
+    },
     Exact(String),
     Wildcard(String),
     CatchAll,
@@ -621,6 +747,22 @@ impl DomainPattern {
         if pattern == "*" {
             return Ok(DomainPattern::CatchAll);
         }
+        if let Some((local, domain)) = pattern.rsplit_once('@') {
+            let valid_local = !local.is_empty()
+                && local
+                    .chars()
+                    .all(|c| !c.is_whitespace() && !c.is_control() && !"*@<>\"".contains(c));
+            if !valid_local {
+                return Err(format!(
+                    "\"{pattern}\" is not a mailbox (a per-mailbox entry is written \"alice@example.com\")"
+                ));
+            }
+            let domain = normalize_domain(domain)?;
+            return Ok(DomainPattern::Mailbox {
+                address: format!("{}@{domain}", local.to_lowercase()),
+                domain,
+            });
+        }
         if let Some(suffix) = pattern.strip_prefix("*.") {
             return normalize_domain(suffix).map(DomainPattern::Wildcard);
         }
@@ -628,23 +770,10 @@ impl DomainPattern {
     }
 }
 
-/// Lowercase, without a trailing dot, and shaped like a domain name.
+/// The canonical form of a domain name (lowercase A-labels, no trailing dot; see
+/// [`crate::domain`]), so that `bücher.example` and `xn--bcher-kva.example` are one entry.
 pub fn normalize_domain(name: &str) -> Result<String, String> {
-    let lower = name.trim().trim_end_matches('.').to_lowercase();
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars()
-                .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
-    };
-    if lower.is_empty() || lower.len() > 253 || !lower.split('.').all(valid_label) {
-        return Err(format!(
-            "\"{name}\" is not a domain name (wildcards are written \"*.example.com\" or \"*\")"
-        ));
-    }
-    Ok(lower)
+    crate::domain::canonical(name)
 }
 
 fn validate_selector(selector: &str) -> Result<(), String> {

@@ -425,6 +425,31 @@ fn errors_name_line_and_reason() {
             4,
             "looks like a key, not a file path",
         ),
+        (
+            "[base]\nselector = \"s\"\n[domain.\"a b@x.example\"]\n",
+            3,
+            "is not a mailbox",
+        ),
+        (
+            "[base]\nselector = \"s\"\n[domain.\"*@x.example\"]\n",
+            3,
+            "is not a mailbox",
+        ),
+        (
+            "[base]\nselector = \"s\"\n[domain.\"a@x..example\"]\n",
+            3,
+            "not a domain name",
+        ),
+        (
+            "[base]\nselector = \"s\"\n[domain.\"Ann@x.example\"]\n[domain.\"ann@X.example\"]\n",
+            4,
+            "duplicates",
+        ),
+        (
+            "[domain.\"bücher.example\"]\nselector = \"s\"\n[domain.\"xn--bcher-kva.example\"]\nselector = \"t\"\n",
+            3,
+            "duplicates",
+        ),
     ];
     for (text, line, reason) in cases {
         let err = match load(text) {

@@ -128,6 +128,63 @@ async fn run_command(
     timeout: Duration,
 ) -> Result<KeyBytes, CallbackError> {
     let program = &argv[0];
+    let finished = run(argv, args, timeout, MAX_KEY_OUTPUT as usize + 1).await?;
+    if !finished.status.success() {
+        return Err(finished.failure(program));
+    }
+    finished.log_stderr(program);
+    let out = finished.stdout;
+    if out.len() as u64 > MAX_KEY_OUTPUT {
+        return Err(format!("{program} printed more than {MAX_KEY_OUTPUT} bytes").into());
+    }
+    if out.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!("{program} printed no key").into());
+    }
+    Ok(out)
+}
+
+/// A program that ran to its end.
+struct Finished {
+    status: std::process::ExitStatus,
+    stdout: KeyBytes,
+    stderr: String,
+}
+
+impl Finished {
+    /// The error for a non-zero exit, with the last line the program wrote to stderr.
+    fn failure(&self, program: &str) -> CallbackError {
+        let last: String = self
+            .stderr
+            .lines()
+            .last()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
+        let detail = if last.is_empty() {
+            String::new()
+        } else {
+            format!(": {last}")
+        };
+        format!("{program} failed ({}){detail}", self.status).into()
+    }
+
+    fn log_stderr(&self, program: &str) {
+        if !self.stderr.is_empty() {
+            tracing::info!(program = %program, stderr = %self.stderr, "callback wrote to stderr");
+        }
+    }
+}
+
+/// Runs `argv` + `args` (no shell), keeping at most `stdout_limit` bytes of its output; killed
+/// when it runs past `timeout`.
+async fn run(
+    argv: &[String],
+    args: &[String],
+    timeout: Duration,
+    stdout_limit: usize,
+) -> Result<Finished, CallbackError> {
+    let program = &argv[0];
     let mut child = tokio::process::Command::new(program)
         .args(&argv[1..])
         .args(args)
@@ -141,7 +198,7 @@ async fn run_command(
     let stderr = child.stderr.take();
     let outcome = tokio::time::timeout(timeout, async {
         let (out, err) = tokio::join!(
-            read_limited(stdout, MAX_KEY_OUTPUT as usize + 1),
+            read_limited(stdout, stdout_limit),
             read_limited(stderr, MAX_STDERR as usize)
         );
         (out, err, child.wait().await)
@@ -156,34 +213,50 @@ async fn run_command(
         )
         .into());
     };
-    let stderr_text = String::from_utf8_lossy(&err.map(|b| b.to_vec()).unwrap_or_default())
+    let stderr = String::from_utf8_lossy(&err.map(|b| b.to_vec()).unwrap_or_default())
         .trim()
         .to_string();
     let status = status.map_err(|e| format!("waiting for {program}: {e}"))?;
-    if !status.success() {
-        let last = stderr_text.lines().last().unwrap_or("");
-        let last: String = last.chars().take(200).collect();
-        return Err(format!(
-            "{program} failed ({status}){}",
-            if last.is_empty() {
-                String::new()
-            } else {
-                format!(": {last}")
+    let stdout = out.map_err(|e| format!("reading the output of {program}: {e}"))?;
+    Ok(Finished {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Asks a `[callbacks]` section a yes-or-no question (`[authorization] callback`): a command
+/// answers with its exit status (0 yes, 1 no, anything else is an error; its output is
+/// ignored), a SQLite query with whether it returns a row.
+pub(crate) async fn ask(
+    settings: &CallbackSettings,
+    args: &[String],
+) -> Result<bool, CallbackError> {
+    let timeout = settings.timeout.unwrap_or(DEFAULT_CALLBACK_TIMEOUT);
+    match (&settings.command, &settings.sqlite) {
+        (Some(argv), _) => {
+            let program = &argv[0];
+            let finished = run(argv, args, timeout, 0).await?;
+            finished.log_stderr(program);
+            match finished.status.code() {
+                Some(0) => Ok(true),
+                Some(1) => Ok(false),
+                _ => Err(finished.failure(program)),
             }
-        )
-        .into());
+        }
+        (None, Some(path)) => {
+            let (path, query, args) = (
+                path.clone(),
+                settings.query.clone().unwrap_or_default(),
+                args.to_vec(),
+            );
+            blocking_sqlite(timeout, move || {
+                with_first_row(&path, &query, &args, timeout, |row| Ok(row.is_some()))
+            })
+            .await
+        }
+        (None, None) => Err("the callback has neither command nor sqlite".into()),
     }
-    if !stderr_text.is_empty() {
-        tracing::info!(program = %program, stderr = %stderr_text, "key callback wrote to stderr");
-    }
-    let out = out.map_err(|e| format!("reading the output of {program}: {e}"))?;
-    if out.len() as u64 > MAX_KEY_OUTPUT {
-        return Err(format!("{program} printed more than {MAX_KEY_OUTPUT} bytes").into());
-    }
-    if out.iter().all(u8::is_ascii_whitespace) {
-        return Err(format!("{program} printed no key").into());
-    }
-    Ok(out)
 }
 
 /// Reads a child's pipe to its end, keeping at most `limit` bytes (the excess is read and
@@ -196,7 +269,9 @@ async fn read_limited(
     let Some(mut pipe) = pipe else {
         return Ok(kept);
     };
-    let mut buf = Zeroizing::new([0u8; 8192]);
+    // On the heap: in the future's own state it would make every future that awaits this one
+    // 8 KiB larger.
+    let mut buf = Zeroizing::new(vec![0u8; 8192]);
     loop {
         let n = pipe.read(&mut buf[..]).await?;
         if n == 0 {
@@ -218,23 +293,27 @@ struct SqliteCallback {
 impl KeyCallback for SqliteCallback {
     fn fetch<'a>(&'a self, args: &'a [String]) -> KeyFuture<'a> {
         Box::pin(async move {
-            let path = self.path.clone();
-            let query = self.query.clone();
-            let args = args.to_vec();
+            let (path, query, args) = (self.path.clone(), self.query.clone(), args.to_vec());
             let timeout = self.timeout;
-            let task =
-                tokio::task::spawn_blocking(move || query_sqlite(&path, &query, &args, timeout));
-            // The blocking query itself is bounded by SQLite's busy timeout; this bounds the wait.
-            match tokio::time::timeout(timeout, task).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err("the SQLite query task failed".into()),
-                Err(_) => Err(format!(
-                    "the SQLite query did not finish within {}",
-                    humantime::format_duration(timeout)
-                )
-                .into()),
-            }
+            blocking_sqlite(timeout, move || query_sqlite(&path, &query, &args, timeout)).await
         })
+    }
+}
+
+/// Runs a SQLite query on the blocking pool. The query itself is bounded by SQLite's busy
+/// timeout; this bounds the wait.
+async fn blocking_sqlite<T: Send + 'static>(
+    timeout: Duration,
+    query: impl FnOnce() -> Result<T, CallbackError> + Send + 'static,
+) -> Result<T, CallbackError> {
+    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(query)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err("the SQLite query task failed".into()),
+        Err(_) => Err(format!(
+            "the SQLite query did not finish within {}",
+            humantime::format_duration(timeout)
+        )
+        .into()),
     }
 }
 
@@ -244,7 +323,38 @@ fn query_sqlite(
     args: &[String],
     timeout: Duration,
 ) -> Result<KeyBytes, CallbackError> {
-    use rusqlite::{OpenFlags, types::ValueRef};
+    use rusqlite::types::ValueRef;
+    let shown = path.display();
+    with_first_row(path, query, args, timeout, |row| {
+        let row =
+            row.ok_or_else(|| format!("database {shown}: no row for ({})", args.join(", ")))?;
+        match row
+            .get_ref(0)
+            .map_err(|e| format!("database {shown}: {e}"))?
+        {
+            ValueRef::Text(bytes) | ValueRef::Blob(bytes) if !bytes.is_empty() => {
+                Ok(Zeroizing::new(bytes.to_vec()))
+            }
+            ValueRef::Null | ValueRef::Text(_) | ValueRef::Blob(_) => Err(format!(
+                "database {shown}: the key for ({}) is empty",
+                args.join(", ")
+            )
+            .into()),
+            _ => Err(format!("database {shown}: the first column is not text or a blob").into()),
+        }
+    })
+}
+
+/// Opens `path` read-only, runs `query` with `args` bound to `?1`, `?2`, … and hands the first
+/// row (or `None`) to `read`.
+fn with_first_row<T>(
+    path: &Path,
+    query: &str,
+    args: &[String],
+    timeout: Duration,
+    read: impl FnOnce(Option<&rusqlite::Row<'_>>) -> Result<T, CallbackError>,
+) -> Result<T, CallbackError> {
+    use rusqlite::OpenFlags;
     let shown = path.display();
     let conn = rusqlite::Connection::open_with_flags(
         path,
@@ -267,22 +377,6 @@ fn query_sqlite(
     let mut rows = statement
         .query(rusqlite::params_from_iter(args))
         .map_err(|e| format!("database {shown}: {e}"))?;
-    let row = rows
-        .next()
-        .map_err(|e| format!("database {shown}: {e}"))?
-        .ok_or_else(|| format!("database {shown}: no row for ({})", args.join(", ")))?;
-    match row
-        .get_ref(0)
-        .map_err(|e| format!("database {shown}: {e}"))?
-    {
-        ValueRef::Text(bytes) | ValueRef::Blob(bytes) if !bytes.is_empty() => {
-            Ok(Zeroizing::new(bytes.to_vec()))
-        }
-        ValueRef::Null | ValueRef::Text(_) | ValueRef::Blob(_) => Err(format!(
-            "database {shown}: the key for ({}) is empty",
-            args.join(", ")
-        )
-        .into()),
-        _ => Err(format!("database {shown}: the first column is not text or a blob").into()),
-    }
+    let row = rows.next().map_err(|e| format!("database {shown}: {e}"))?;
+    read(row)
 }

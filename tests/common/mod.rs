@@ -3,6 +3,7 @@
 //! dkimpy through `tests/verify_dkim.py`).
 #![allow(dead_code)]
 
+pub mod bind;
 pub mod daemon;
 pub mod dns;
 pub mod fake_vault;
@@ -38,7 +39,9 @@ impl TestMilter {
         let dir = tempfile::tempdir().unwrap();
         for (domain, selector, kind) in keys {
             let generated = generate(*kind).unwrap();
-            write_key_files(&dir.path().join("keys"), domain, selector, &generated).unwrap();
+            // As `keygen` does: the key directory is named by the canonical (A-label) domain.
+            let domain = signet_milter::domain::canonical(domain).unwrap();
+            write_key_files(&dir.path().join("keys"), &domain, selector, &generated).unwrap();
         }
         let socket = dir.path().join("milter.sock");
         let text = format!(
@@ -227,21 +230,6 @@ pub async fn send(
         inserted,
         stopped_at: None,
     }
-}
-
-/// Runs the signet-milter binary with `args`, `stdin` on its standard input.
-pub fn run_signet(args: &[&str], stdin: &[u8]) -> std::process::Output {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_signet-milter"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
 }
 
 /// A connection to a milter (the real binary's, say) on `socket`, opened as Postfix does, the
@@ -486,4 +474,18 @@ pub fn signature_shape(value: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Runs the `signet-milter` binary with `args`, `stdin` on its standard input.
+pub fn run_signet<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signet-milter"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
 }

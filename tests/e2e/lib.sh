@@ -139,6 +139,12 @@ KEY_SPECS=(
     "dual.example   rsa2026   rsa2048    profile dual (RSA)"
     "dual.example   ed2026    ed25519    profile dual (Ed25519)"
     "esp.example    esp2026   rsa2048    the ESP signature (policy Always, on every signed message)"
+    "tenant-a.example t2026   rsa2048    tenant A of the SMTP AUTH submission service"
+    "tenant-b.example t2026   ed25519    tenant B"
+    "tenant-c.example t2026   ed25519    granted to tenant B's login by the login map file"
+    "tenant-d.example t2026   ed25519    granted to tenant A's login by the SQLite database"
+    "xn--bcher-kva.example rsa2026 rsa2048 IDN: the entry is bücher.example, mail From the A-label"
+    "xn--caf-dma.example ed2026 ed25519  IDN: the entry is the A-label, mail From café.example"
 )
 # A third party's key: dkimpy signs some inputs with it before they reach the MTA.
 OTHER_DOMAIN=other.example
@@ -254,7 +260,26 @@ body_canonicalization = "simple"
 domain = "esp.example"
 selector = "esp2026"
 policy = "Always"
+
+# The tenants of the SMTP AUTH submission service; [authorization] is the default (a login
+# signs for its own domain) unless MILTER_EXTRA_CONFIG adds grants.
+[domain."tenant-a.example"]
+selector = "t2026"
+[domain."tenant-b.example"]
+selector = "t2026"
+[domain."tenant-c.example"]
+selector = "t2026"
+[domain."tenant-d.example"]
+selector = "t2026"
+
+# Internationalized names, each written in the other form than the mail uses.
+[domain."bücher.example"]
+selector = "rsa2026"
+[domain."xn--caf-dma.example"]
+selector = "ed2026"
+algo = "ed25519"
 EOF
+        printf '%s\n' "${MILTER_EXTRA_CONFIG:-}"
     } >"$file"
     "$SIGNET_BIN" check -c "$file" >"$WORK/milter-check.out" 2>&1 || {
         cat "$WORK/milter-check.out"
@@ -487,7 +512,8 @@ declare -A C_MTA C_PATH C_PROFILE C_SHAPE C_EXPECT C_CHECK C_SENDRC C_QID C_DKIM
 # case_add TOKEN MTA PATH PROFILE-LABEL SHAPE EXPECT [CHECK]
 #   EXPECT: the exact set of "domain:selector" signatures the delivered message must carry, or
 #   "none". CHECK (optional): "trust=<text>" the milter's log line for this queue id must
-#   contain, or "refused=<client>" (the milter declined it at MAIL FROM).
+#   contain, "log=<text>" some milter log line for this queue id must contain, or
+#   "refused=<client>" (the milter declined it at MAIL FROM).
 case_add() {
     CASES+=("$1")
     C_MTA[$1]=$2 C_PATH[$1]=$3 C_PROFILE[$1]=$4 C_SHAPE[$1]=$5 C_EXPECT[$1]=$6 C_CHECK[$1]=${7:-}
@@ -614,6 +640,16 @@ _check_milter_log() {
         fi
         grep -F "queue_id=$qid " "$MILTER_LOG" | grep -qF "$check" && return 0
         C_NOTE[$t]="milter log for $qid lacks '$check'"
+        return 1
+        ;;
+    log=*)
+        if [[ -z $qid ]]; then
+            C_NOTE[$t]="no queue id in the SMTP reply"
+            return 1
+        fi
+        # Warnings carry the queue id as their last field.
+        grep -E "queue_id=$qid( |\$)" "$MILTER_LOG" | grep -qF "${check#log=}" && return 0
+        C_NOTE[$t]="milter log for $qid lacks '${check#log=}'"
         return 1
         ;;
     refused=*)

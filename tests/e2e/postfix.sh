@@ -17,6 +17,13 @@
 #     ADDR=203.0.113.5 on $SMTP_PORT) -> NOT signed; the same outsider on a service with
 #     milter_macro_daemon_name=ORIGINATING ($ORIGINATING_PORT) -> signed; the sendmail command
 #     (pickup, non_smtpd_milters) -> signed,
+#   * tenants: two SASL users, alice@tenant-a.example and bob@tenant-b.example, on the
+#     submission service: alice's mail From tenant-a is signed as tenant-a; bob's From tenant-a
+#     is not (only the ESP's signature), and the milter log says why; a Postfix-format login map
+#     file grants bob tenant-c, a SQLite database grants alice tenant-d; after a SIGHUP with
+#     on_unauthorized = "reject", bob's From tenant-a is refused with 550 5.7.1,
+#   * IDN: [domain."bücher.example"] signs mail From the A-label and [domain."xn--caf-dma.example"]
+#     mail From café.example, both with the A-label d=,
 #   * the matrix (every message shape x signing profile) through smtpd and through the sendmail
 #     command, plus an author domain without an entry (ESP signature only) and a 20 MiB body,
 #   * an 8-bit body (BODY=8BITMIME, as mail clients send it) relayed to a second sink that does
@@ -54,7 +61,9 @@ SOCK_DIR=$PF_SPOOL/$SOCK_DIR_REL
 # marker comment, the saved pristine copy is restored before anything else happens.
 PF_BACKUP=/var/tmp/signet-e2e-postfix-backup
 MARKER="# signet-milter e2e test: this file is temporarily modified by tests/e2e/postfix.sh"
-SASL_USER=alice@signet-e2e.test
+# Two tenants of one submission service (Cyrus sasldb, one password).
+SASL_USER=alice@tenant-a.example
+SASL_USER_B=bob@tenant-b.example
 
 e2e_begin postfix
 for c in postconf postfix postqueue postsuper saslpasswd2 /usr/sbin/sendmail; do
@@ -79,6 +88,28 @@ mkdir -p "$SOCK_DIR"
 chown root:postfix "$SOCK_DIR"
 chmod 0750 "$SOCK_DIR"
 on_exit 'rm -rf "$SOCK_DIR"'
+# Tenant grants beyond the own-domain default: a login map file in Postfix's
+# smtpd_sender_login_maps format (bob may sign for tenant-c) and the operator's SQLite database
+# (alice may sign for tenant-d), asked through [callbacks].
+LOGIN_MAP=$WORK/sender_login_maps
+printf '%s\n' '# address-or-@domain   login, login' '@tenant-c.example     bob@tenant-b.example' >"$LOGIN_MAP"
+TENANT_DB=$WORK/tenants.db
+"$PY" - "$TENANT_DB" <<'EOF' || die "could not create $TENANT_DB"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("create table grants (login text, domain text)")
+db.execute("insert into grants values ('alice@tenant-a.example', 'tenant-d.example')")
+db.commit()
+EOF
+MILTER_EXTRA_CONFIG="
+[callbacks.\"tenants\"]
+sqlite = \"$TENANT_DB\"
+query = \"select 1 from grants where login = ?1 and domain = ?2\"
+
+[authorization]
+on_unauthorized = \"accept\"
+login_map = \"$LOGIN_MAP\"
+callback = { event_name = \"tenants\", event_args = [\"{login}\", \"{domain}\"] }"
 write_milter_config "$WORK/milter.toml" "unix:$SOCK_DIR/milter.sock" \
     'socket_group = "postfix"' 'socket_mode = "0660"'
 start_milter "$WORK/milter.toml" test -S "$SOCK_DIR/milter.sock"
@@ -106,8 +137,10 @@ auxprop_plugin: sasldb
 mech_list: PLAIN LOGIN
 sasldb_path: $SASL_DIR/sasldb2
 EOF
-printf '%s' "$SASL_PASS" | saslpasswd2 -p -c -f "$SASL_DIR/sasldb2" -u "${SASL_USER#*@}" "${SASL_USER%@*}" ||
-    die "saslpasswd2 failed"
+for user in "$SASL_USER" "$SASL_USER_B"; do
+    printf '%s' "$SASL_PASS" | saslpasswd2 -p -c -f "$SASL_DIR/sasldb2" -u "${user#*@}" "${user%@*}" ||
+        die "saslpasswd2 failed for $user"
+done
 chgrp -R postfix "$SASL_DIR"
 chmod 0750 "$SASL_DIR"
 chmod 0640 "$SASL_DIR/sasldb2"
@@ -267,14 +300,27 @@ pickup_qids() {
 }
 
 # --- who may sign ----------------------------------------------------------------------------------
-log "who may sign: SASL submission, wrong password, outsider, ORIGINATING service"
+log "who may sign: SASL submission (two tenants), wrong password, outsider, ORIGINATING service"
+# tenant_send TOKEN LOGIN FROM_DOMAIN LABEL EXPECT CHECK: one message over the SASL submission
+# service, from the outsider address, as LOGIN.
+tenant_send() {
+    make_message basic "$3" "$1" "$WORK/msgs/$1.eml"
+    case_add "$1" postfix "submit+AUTH" "$4" basic "$5" "$6"
+    swaks_send "$1" "$SUBMISSION_PORT" "$WORK/msgs/$1.eml" "$1@$3" \
+        --xclient-addr "$OUTSIDER" --auth PLAIN --auth-user "$2" --auth-password "$SASL_PASS"
+}
+TENANT_A_SIG="tenant-a.example:t2026"
+tenant_send "$RUN_ID-pf-auth" "$SASL_USER" tenant-a.example "alice From tenant-a" \
+    "$TENANT_A_SIG $ESP_SIG" "trust=authenticated as $SASL_USER"
+tenant_send "$RUN_ID-pf-tenant-forged" "$SASL_USER_B" tenant-a.example "bob From tenant-a" \
+    "$ESP_SIG" "log=$SASL_USER_B may not sign for tenant-a.example: its own domain is tenant-b.example"
+tenant_send "$RUN_ID-pf-tenant-own" "$SASL_USER_B" tenant-b.example "bob From tenant-b" \
+    "tenant-b.example:t2026 $ESP_SIG" "log=granted=sender@tenant-b.example by its own domain"
+tenant_send "$RUN_ID-pf-tenant-map" "$SASL_USER_B" tenant-c.example "bob From tenant-c (map)" \
+    "tenant-c.example:t2026 $ESP_SIG" "log=by @tenant-c.example in $LOGIN_MAP:2"
+tenant_send "$RUN_ID-pf-tenant-sqlite" "$SASL_USER" tenant-d.example "alice From tenant-d (SQLite)" \
+    "tenant-d.example:t2026 $ESP_SIG" "log=by callback tenants"
 domain=${PROFILE_DOMAIN[rr]}
-token="$RUN_ID-pf-auth"
-make_message basic "$domain" "$token" "$WORK/msgs/$token.eml"
-case_add "$token" postfix "submit+AUTH" "$OUTSIDER, SASL AUTH" basic "$(expected_sigs rr basic)" \
-    "trust=authenticated as $SASL_USER"
-swaks_send "$token" "$SUBMISSION_PORT" "$WORK/msgs/$token.eml" "$token@$domain" \
-    --xclient-addr "$OUTSIDER" --auth PLAIN --auth-user "$SASL_USER" --auth-password "$SASL_PASS"
 
 token="$RUN_ID-pf-badpass"
 make_message basic "$domain" "$token" "$WORK/msgs/$token.eml"
@@ -321,6 +367,18 @@ for path in smtp sendmail; do
     done
 done
 
+# IDN: each entry is written in the other form than the mail's From uses; d= is the A-label.
+token="$RUN_ID-pf-idn-alabel"
+make_message basic xn--bcher-kva.example "$token" "$WORK/msgs/$token.eml"
+case_add "$token" postfix smtp "IDN: entry bücher.example" basic "xn--bcher-kva.example:rsa2026 $ESP_SIG" \
+    "trust=trusted client 127.0.0.1"
+swaks_send "$token" "$SMTP_PORT" "$WORK/msgs/$token.eml" "$token@xn--bcher-kva.example"
+token="$RUN_ID-pf-idn-ulabel"
+make_message basic café.example "$token" "$WORK/msgs/$token.eml"
+case_add "$token" postfix smtp "IDN: From café.example" basic "xn--caf-dma.example:ed2026 $ESP_SIG" \
+    "trust=trusted client 127.0.0.1"
+swaks_send "$token" "$SMTP_PORT" "$WORK/msgs/$token.eml" "$token@xn--caf-dma.example"
+
 token="$RUN_ID-pf-esp-only"
 make_message basic "$UNLISTED_DOMAIN" "$token" "$WORK/msgs/$token.eml"
 case_add "$token" postfix smtp "no entry: ESP Always only" basic "$ESP_SIG" "trust=trusted client 127.0.0.1"
@@ -362,6 +420,31 @@ for t in "${CASES[@]}"; do
     fi
 done
 
+# on_unauthorized = "reject", loaded by a real SIGHUP: bob's mail From tenant-a is refused.
+log "SIGHUP with on_unauthorized = \"reject\""
+reloads_before=$(grep -c "configuration reloaded" "$MILTER_LOG" || true)
+sed -i 's/^on_unauthorized = "accept"$/on_unauthorized = "reject"/' "$WORK/milter.toml"
+kill -HUP "$MILTER_PID"
+for _ in $(seq 100); do
+    (($(grep -c "configuration reloaded" "$MILTER_LOG" || true) > reloads_before)) && break
+    sleep 0.1
+done
+token="$RUN_ID-pf-tenant-reject"
+make_message basic tenant-a.example "$token" "$WORK/msgs/$token.eml"
+wire_format "$WORK/msgs/$token.eml" "$WORK/msgs/$token.wire"
+rc=0
+swaks --server 127.0.0.1 --port "$SUBMISSION_PORT" --from "$token@tenant-a.example" --to "$RCPT" \
+    --data "@$WORK/msgs/$token.wire" --no-data-fixup --xclient-addr "$OUTSIDER" \
+    --auth PLAIN --auth-user "$SASL_USER_B" --auth-password "$SASL_PASS" \
+    >"$WORK/msgs/$token.smtp" 2>&1 || rc=$?
+what="after SIGHUP with on_unauthorized = reject, bob's mail From tenant-a is refused (550 5.7.1)"
+if [[ $rc -ne 0 ]] && grep -qE '^<\*\* +550 5\.7\.1 ' "$WORK/msgs/$token.smtp" &&
+    grep -qF "not signed: tenant-a.example/t2026: $SASL_USER_B may not sign for tenant-a.example" "$MILTER_LOG"; then
+    assert_add "$what" pass
+else
+    assert_add "$what" "FAIL (swaks rc=$rc)"
+    sed 's/^/    /' "$WORK/msgs/$token.smtp"
+fi
 # --- 8-bit mail without the setting, and check --postfix -------------------------------------------
 assert_8bit_kept "$EIGHT_BIT_SMTP" "Postfix (smtpd)"
 assert_8bit_kept "$EIGHT_BIT_PICKUP" "Postfix (sendmail command)"
