@@ -27,6 +27,8 @@ pub async fn key_statuses(runtime: &Runtime) -> Vec<KeyStatus> {
         .collect();
     let mut out = Vec::with_capacity(entries.len());
     for (name, template) in entries {
+        let rotated = runtime.rotation.template(table, template);
+        let template = rotated.as_ref().unwrap_or(template);
         let (domain, per_message) = match &template.domain {
             SigningDomain::Fixed(d) => (d.clone(), false),
             SigningDomain::Author if name.starts_with('*') => (name.to_string(), true),

@@ -69,6 +69,25 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Key rotation: start the next key now, undo a pending one, or go back to the previous key.
+    ///
+    /// Without an action, shows the state of every rotated signature. The running milter picks
+    /// up any change at its next rotation round ([rotation] check_interval).
+    Rotate {
+        /// The signing domain(s) to act on; default: every rotated signature.
+        #[arg(long = "domain", value_name = "DOMAIN")]
+        domains: Vec<String>,
+        /// Start the next key now (generate, store, publish), whatever the age of the active one.
+        #[arg(long, conflicts_with_all = ["cancel", "rollback"])]
+        now: bool,
+        /// Drop the pending key: its record is removed and its private key deleted.
+        #[arg(long, conflicts_with = "rollback")]
+        cancel: bool,
+        /// Sign with the retiring key again (its record is still published); the key that was
+        /// active becomes retiring, so messages it signed keep verifying.
+        #[arg(long)]
+        rollback: bool,
+    },
     /// Write the manual pages (signet-milter.8 and one per command) into a directory.
     #[command(hide = true)]
     Man {
@@ -96,6 +115,23 @@ pub fn main_with(env: Environment) -> ExitCode {
             selector,
             out,
         } => keygen(algo, &domain, &selector, &out),
+        Command::Rotate {
+            domains,
+            now,
+            cancel,
+            rollback,
+        } => {
+            let action = if now {
+                crate::rotation::command::Action::Now
+            } else if cancel {
+                crate::rotation::command::Action::Cancel
+            } else if rollback {
+                crate::rotation::command::Action::Rollback
+            } else {
+                crate::rotation::command::Action::Show
+            };
+            rotate(&cli.config, env, &domains, action)
+        }
         Command::Man { out } => crate::manpage::write_pages(Cli::command(), &out)
             .map(|_| ExitCode::SUCCESS)
             .with_context(|| format!("cannot write the manual pages into {}", out.display())),
@@ -133,7 +169,11 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     if config.signing.is_empty() {
         tracing::warn!("no [domain] or [signature] entries: nothing will be signed");
     }
+    // A rotated signature signs with the key its state made active, from the first message.
+    let selections = crate::rotation::recorded_selections(&config)
+        .context("cannot read the key rotation state")?;
     let runtime = Runtime::with_environment(config, env);
+    runtime.rotation.selected().replace(selections);
     runtime_builder()?.block_on(async move {
         // Load every key once at startup: problems show in the log now, not on the first message.
         for status in crate::check::key_statuses(&runtime).await {
@@ -151,6 +191,9 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
         }
         let shared = Arc::new(ArcSwap::from_pointee(runtime));
         server::spawn_reload_on_sighup(config_path.to_owned(), shared.clone())?;
+        if shared.load().config.rotation.is_some() {
+            crate::rotation::service::Rotator::new(shared.clone()).spawn();
+        }
         tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), "signet-milter listening");
         crate::notify::ready(&format!("listening on {listen}"));
         metrics.set_ready(true);
@@ -178,7 +221,10 @@ fn check(
     for w in &config.signing.warnings {
         println!("warning: {w}");
     }
+    // A rotated signature is checked with the key its rotation state made active.
+    let selections = crate::rotation::recorded_selections(&config).unwrap_or_default();
     let runtime = Runtime::with_environment(config, env);
+    runtime.rotation.selected().replace(selections);
     let tokio = runtime_builder()?;
     let statuses = tokio.block_on(crate::check::key_statuses(&runtime));
     if statuses.is_empty() {
@@ -208,11 +254,12 @@ fn check(
     if failed > 0 {
         println!("{failed} of {} keys not usable", statuses.len());
     }
+    let rotation_ok = crate::rotation::command::print_states(&runtime.config, &[]);
     let dns_ok = match dns {
         Some(server) => tokio.block_on(check_dns(&runtime, server))?,
         None => true,
     };
-    Ok(if failed == 0 && dns_ok {
+    Ok(if failed == 0 && dns_ok && rotation_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -255,7 +302,7 @@ fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("\"{text}\" is not an IP address or IP:PORT"))
 }
 
-fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+pub(crate) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -343,6 +390,22 @@ fn sign(
     }
     stdout.write_all(&raw)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn rotate(
+    config_path: &Path,
+    env: Arc<Environment>,
+    domains: &[String],
+    action: crate::rotation::command::Action,
+) -> anyhow::Result<ExitCode> {
+    let config = load(config_path, &env)?;
+    if config.rotation.is_none() {
+        bail!("{}: no [rotation] section: no key rotates", config_path.display());
+    }
+    crate::logging::init(&config.log);
+    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::with_environment(config, env)));
+    let ok = runtime_builder()?.block_on(crate::rotation::command::run(runtime, domains, action))?;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn keygen(kind: KeyKind, domain: &str, selector: &str, out: &Path) -> anyhow::Result<ExitCode> {

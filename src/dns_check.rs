@@ -152,7 +152,13 @@ pub async fn check_published_keys(
     resolver: &TokioResolver,
 ) -> Vec<PublishedKey> {
     let mut out = Vec::new();
-    for target in selectors_to_check(&runtime.config.signing) {
+    for mut target in selectors_to_check(&runtime.config.signing) {
+        if let Some(rotated) = runtime
+            .rotation
+            .template(&runtime.config.signing, &target.template)
+        {
+            target.template = rotated;
+        }
         let Some(domain) = target.domain else {
             // A wildcard entry shows its pattern; a [signature] shows the template.
             let domain = match &target.template.label {
@@ -240,7 +246,13 @@ async fn lookup(
     selector: &str,
     key: &PrivateKey,
 ) -> Published {
-    let name = format!("{selector}._domainkey.{domain}.");
+    lookup_name(resolver, &format!("{selector}._domainkey.{domain}"), key).await
+}
+
+/// Looks up the TXT records at `name` (a record name such as `s1._domainkey.example.com`, or
+/// the target of its CNAME) and compares them with `key`.
+pub async fn lookup_name(resolver: &TokioResolver, name: &str, key: &PrivateKey) -> Published {
+    let name = format!("{}.", name.trim_end_matches('.'));
     let records: Vec<Vec<Vec<u8>>> = match resolver.txt_lookup(name.as_str()).await {
         Ok(lookup) => lookup
             .answers()

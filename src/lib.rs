@@ -17,6 +17,7 @@ pub mod milter;
 pub mod notify;
 pub mod policy;
 pub mod reply_batch;
+pub mod rotation;
 pub mod runtime;
 pub mod server;
 pub mod session;

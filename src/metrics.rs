@@ -13,7 +13,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// Label pairs with static names and values: no allocation to count.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
@@ -89,8 +91,32 @@ pub struct Metrics {
     key_lookups: Family<Labels<2>, Counter>,
     key_fetch_errors: Family<Labels<1>, Counter>,
     key_fetch_seconds: Family<Labels<1>, Histogram, fn() -> Histogram>,
+    rotation_keys: Family<Labels<1>, Gauge>,
+    rotation_oldest_pending: Gauge,
+    rotation_oldest_active: Gauge,
+    rotation_transitions: Family<Labels<1>, Counter>,
+    rotation_failures: Family<Labels<1>, Counter>,
+    /// The latest rotation round, for `/healthz`.
+    rotation: Mutex<Option<RotationSummary>>,
     /// A configuration is loaded and the milter socket is accepting connections.
     ready: AtomicBool,
+}
+
+/// Keys of rotated signatures by phase, after the latest rotation round. Counts and ages
+/// over all domains, so the metrics stay a fixed handful of series however many domains
+/// rotate; `check` and the logs name the domains.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RotationSummary {
+    pub pending: usize,
+    pub active: usize,
+    pub retiring: usize,
+    pub revoked: usize,
+    /// Pending keys older than `pending_warning` (their record is still not served everywhere).
+    pub pending_overdue: usize,
+    /// Rotated signatures whose state could not be read.
+    pub unreadable: usize,
+    pub oldest_pending: Option<Duration>,
+    pub oldest_active: Option<Duration>,
 }
 
 impl Default for Metrics {
@@ -149,8 +175,44 @@ impl Metrics {
             "Time to fetch and parse a key, by backend",
             key_fetch_seconds.clone(),
         );
+        let rotation_keys = Family::<Labels<1>, Gauge>::default();
+        registry.register(
+            "rotation_keys",
+            "Keys of rotated signatures by phase (pending, active, retiring, revoked)",
+            rotation_keys.clone(),
+        );
+        let rotation_oldest_pending = Gauge::default();
+        registry.register(
+            "rotation_oldest_pending_seconds",
+            "Age of the oldest key waiting for its record to be served everywhere (0: none)",
+            rotation_oldest_pending.clone(),
+        );
+        let rotation_oldest_active = Gauge::default();
+        registry.register(
+            "rotation_oldest_active_seconds",
+            "How long the longest-serving active key of a rotated signature has signed",
+            rotation_oldest_active.clone(),
+        );
+        let rotation_transitions = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "rotation_transitions",
+            "Rotation transitions by the phase a key entered",
+            rotation_transitions.clone(),
+        );
+        let rotation_failures = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "rotation_failures",
+            "Rotation steps that failed or were held back, by step (state, generate, publish, gate, revoke, remove, clock)",
+            rotation_failures.clone(),
+        );
         Metrics {
             registry,
+            rotation_keys,
+            rotation_oldest_pending,
+            rotation_oldest_active,
+            rotation_transitions,
+            rotation_failures,
+            rotation: Mutex::new(None),
             messages,
             signatures,
             signature_failures,
@@ -189,6 +251,69 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.reloads.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub fn rotation_failure(&self, step: &'static str) {
+        self.rotation_failures.get_or_create(&[("step", step)]).inc();
+    }
+
+    pub fn rotation_failures(&self, step: &'static str) -> u64 {
+        self.rotation_failures.get_or_create(&[("step", step)]).get()
+    }
+
+    pub fn rotation_transition(&self, phase: crate::rotation::state::Phase) {
+        self.rotation_transitions
+            .get_or_create(&[("phase", phase.as_str())])
+            .inc();
+    }
+
+    /// Records the latest rotation round.
+    pub fn set_rotation(&self, summary: RotationSummary) {
+        let set = |phase: &'static str, n: usize| {
+            self.rotation_keys
+                .get_or_create(&[("phase", phase)])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("pending", summary.pending);
+        set("active", summary.active);
+        set("retiring", summary.retiring);
+        set("revoked", summary.revoked);
+        let secs = |d: Option<Duration>| i64::try_from(d.unwrap_or_default().as_secs()).unwrap_or(i64::MAX);
+        self.rotation_oldest_pending.set(secs(summary.oldest_pending));
+        self.rotation_oldest_active.set(secs(summary.oldest_active));
+        *self.rotation.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary);
+    }
+
+    /// The `/healthz` text after `ok`: one line on rotation, and a warning line when a pending
+    /// key is overdue or a state file unreadable (the milter still signs: the active key does).
+    fn rotation_health(&self) -> String {
+        let guard = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = guard.as_ref() else {
+            return String::new();
+        };
+        let age = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{}s", d.as_secs()));
+        let mut out = format!(
+            "rotation: {} active (oldest {}), {} pending (oldest {}), {} retiring, {} revoked\n",
+            s.active,
+            age(s.oldest_active),
+            s.pending,
+            age(s.oldest_pending),
+            s.retiring,
+            s.revoked
+        );
+        if s.pending_overdue > 0 {
+            out.push_str(&format!(
+                "warning: {} pending key(s) not served by every DNS server after pending_warning\n",
+                s.pending_overdue
+            ));
+        }
+        if s.unreadable > 0 {
+            out.push_str(&format!(
+                "warning: {} rotated signature(s) with unreadable state\n",
+                s.unreadable
+            ));
+        }
+        out
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -287,9 +412,11 @@ fn respond<B>(metrics: &Metrics, request: &hyper::Request<B>) -> hyper::Response
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
         ),
-        (&hyper::Method::GET, "/healthz") if metrics.is_ready() => {
-            (200, "text/plain", "ok\n".to_string())
-        }
+        (&hyper::Method::GET, "/healthz") if metrics.is_ready() => (
+            200,
+            "text/plain",
+            format!("ok\n{}", metrics.rotation_health()),
+        ),
         (&hyper::Method::GET, "/healthz") => (503, "text/plain", "not ready\n".to_string()),
         _ => (
             404,

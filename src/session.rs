@@ -180,6 +180,8 @@ impl MessageSession {
         let from_refs: Vec<&[u8]> = from_values.iter().map(Vec::as_slice).collect();
         let author = policy::author_domain(&from_refs);
         let plan = policy::plan(&runtime.config.signing, author.as_deref());
+        // Rotated signatures sign with the selector active now (the rotation seam).
+        let plan = runtime.rotation.apply(&runtime.config.signing, plan);
         if plan.signatures.is_empty() {
             return HeadersDecision::Skip(no_signature_reason(&author));
         }

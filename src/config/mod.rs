@@ -8,6 +8,7 @@
 
 mod error;
 pub mod keysource;
+pub mod rotation;
 mod signing;
 mod template;
 mod values;
@@ -17,6 +18,7 @@ pub use signing::{
     DEFAULT_HEADERS, DomainMatch, SignatureLabel, SignerTemplate, SigningDomain, SigningTable,
     normalize_domain,
 };
+pub use rotation::RotationSettings;
 pub use template::Template;
 pub use values::{
     Algo, Canon, ListenAddr, OnError, SignaturePolicy, SocketMode, validate_http_url,
@@ -43,6 +45,8 @@ pub struct Config {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub signing: SigningTable,
+    /// `[rotation]`: the entries whose keys rotate, and how.
+    pub rotation: Option<RotationSettings>,
 }
 
 /// The settings that make up the key cache and its backends: `[keys]`, `[cache]`, `[vault]` and
@@ -213,6 +217,7 @@ struct RawConfig {
     domain: BTreeMap<String, toml::Spanned<signing::RawDomain>>,
     #[serde(default)]
     signature: BTreeMap<String, toml::Spanned<signing::RawSignature>>,
+    rotation: Option<toml::Spanned<rotation::RawRotation>>,
 }
 
 impl Config {
@@ -320,6 +325,15 @@ impl Config {
             &callback_names,
             &at,
         )?;
+        let rotation = match raw.rotation {
+            None => None,
+            Some(spanned) => {
+                let span = spanned.span();
+                let (settings, domains, signatures) = spanned.into_inner().validate(span, &at)?;
+                rotation::check_entries(&domains, &signatures, &signing, &at)?;
+                Some(settings)
+            }
+        };
 
         Ok(Config {
             path: path.to_owned(),
@@ -333,6 +347,7 @@ impl Config {
             log,
             metrics: raw.metrics.unwrap_or_default(),
             signing,
+            rotation,
         })
     }
 }

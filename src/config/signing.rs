@@ -146,7 +146,7 @@ impl Params {
 }
 
 /// Which entry produced a signature, for logs and `check`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SignatureLabel {
     Domain(String),
     Signature(String),
@@ -176,7 +176,7 @@ pub enum SigningDomain {
 }
 
 /// One fully merged signature recipe. Turning it into a signature needs only the author domain.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SignerTemplate {
     pub label: SignatureLabel,
     pub domain: SigningDomain,
@@ -252,6 +252,14 @@ impl SigningTable {
 
     pub fn is_empty(&self) -> bool {
         self.domains.is_empty() && self.signatures.is_empty()
+    }
+
+    /// The entry a label names.
+    pub fn entry(&self, label: &SignatureLabel) -> Option<&Arc<SignerTemplate>> {
+        match label {
+            SignatureLabel::Domain(name) => self.domains.get(name),
+            SignatureLabel::Signature(name) => self.signatures.get(name),
+        }
     }
 }
 

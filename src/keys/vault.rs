@@ -124,6 +124,43 @@ impl VaultPool {
         take_field(data, &source.field)
     }
 
+    /// Writes `text` into the source's field as a new secret, only if the path holds none yet
+    /// (KV v2 check-and-set 0): two writers of one path cannot both succeed, so a key rotation
+    /// run by two milters sharing one Vault makes one key. `Ok(false)`: the secret exists.
+    pub(crate) async fn create(
+        &self,
+        source: &VaultSource<String>,
+        text: &str,
+    ) -> Result<bool, VaultFailure> {
+        let client = self.client_for(source).await?;
+        let timeout = client.settings.timeout.unwrap_or(DEFAULT_VAULT_TIMEOUT);
+        let data = HashMap::from([(source.field.as_str(), text)]);
+        let options = vaultrs::api::kv2::requests::SetSecretRequestOptions { cas: 0 };
+        match vaultrs::kv2::set_with_options(&*client, &source.mount, &source.path, &data, options)
+            .await
+            .map_err(|e| classify(e, timeout))
+        {
+            Ok(_) => Ok(true),
+            // "check-and-set parameter did not match the current version"
+            Err(VaultFailure::Status { code: 400, .. }) => Ok(false),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Deletes every version of the source's secret (KV v2 metadata delete).
+    pub(crate) async fn destroy(&self, source: &VaultSource<String>) -> Result<(), VaultFailure> {
+        let client = self.client_for(source).await?;
+        let timeout = client.settings.timeout.unwrap_or(DEFAULT_VAULT_TIMEOUT);
+        vaultrs::kv2::delete_metadata(&*client, &source.mount, &source.path)
+            .await
+            .map_err(|e| classify(e, timeout))
+    }
+
+    async fn client_for(&self, source: &VaultSource<String>) -> Result<Arc<VaultClient>, VaultFailure> {
+        let address = self.address_for(source).ok_or(VaultFailure::NoAddress)?;
+        self.session(address, source.token.clone())?.client().await
+    }
+
     fn session(
         &self,
         address: String,
