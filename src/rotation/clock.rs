@@ -73,7 +73,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    fn a_wall_clock_step_is_seen_and_slewing_is_not() {
+    async fn a_wall_clock_step_is_seen_and_slewing_is_not() {
         let mut watch = ClockWatch::default();
         let start = Instant::now();
         assert_eq!(watch.observe(1_000_000, start), None);

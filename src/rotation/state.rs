@@ -384,7 +384,7 @@ mod tests {
         let sig = SignatureLabel::Signature("../esp".into());
         assert_eq!(
             store.file("esp.example", &sig),
-            PathBuf::from("/state/esp.example/signature-__esp.json")
+            PathBuf::from("/state/esp.example/signature-_esp.json")
         );
         assert_eq!(parse_label(&sig.to_string()), sig);
         let domain = SignatureLabel::Domain("example.com".into());

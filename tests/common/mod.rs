@@ -3,6 +3,7 @@
 //! dkimpy through `tests/verify_dkim.py`).
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod fake_vault;
 pub mod openbao;
 
