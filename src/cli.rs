@@ -400,12 +400,22 @@ fn rotate(
 ) -> anyhow::Result<ExitCode> {
     let config = load(config_path, &env)?;
     if config.rotation.is_none() {
-        bail!("{}: no [rotation] section: no key rotates", config_path.display());
+        bail!(
+            "{}: no [rotation] section: no key rotates",
+            config_path.display()
+        );
     }
     crate::logging::init(&config.log);
-    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::with_environment(config, env)));
-    let ok = runtime_builder()?.block_on(crate::rotation::command::run(runtime, domains, action))?;
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::with_environment(
+        config, env,
+    )));
+    let ok =
+        runtime_builder()?.block_on(crate::rotation::command::run(runtime, domains, action))?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn keygen(kind: KeyKind, domain: &str, selector: &str, out: &Path) -> anyhow::Result<ExitCode> {

@@ -254,11 +254,15 @@ impl Metrics {
     }
 
     pub fn rotation_failure(&self, step: &'static str) {
-        self.rotation_failures.get_or_create(&[("step", step)]).inc();
+        self.rotation_failures
+            .get_or_create(&[("step", step)])
+            .inc();
     }
 
     pub fn rotation_failures(&self, step: &'static str) -> u64 {
-        self.rotation_failures.get_or_create(&[("step", step)]).get()
+        self.rotation_failures
+            .get_or_create(&[("step", step)])
+            .get()
     }
 
     pub fn rotation_transition(&self, phase: crate::rotation::state::Phase) {
@@ -278,8 +282,11 @@ impl Metrics {
         set("active", summary.active);
         set("retiring", summary.retiring);
         set("revoked", summary.revoked);
-        let secs = |d: Option<Duration>| i64::try_from(d.unwrap_or_default().as_secs()).unwrap_or(i64::MAX);
-        self.rotation_oldest_pending.set(secs(summary.oldest_pending));
+        let secs = |d: Option<Duration>| {
+            i64::try_from(d.unwrap_or_default().as_secs()).unwrap_or(i64::MAX)
+        };
+        self.rotation_oldest_pending
+            .set(secs(summary.oldest_pending));
         self.rotation_oldest_active.set(secs(summary.oldest_active));
         *self.rotation.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary);
     }

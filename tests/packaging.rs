@@ -25,7 +25,10 @@ fn the_packaged_configuration_signs_nothing_and_fits_the_unit() {
         std::fs::read_to_string(Path::new(REPO).join("packaging/signet-milter.service")).unwrap();
 
     assert!(config.signing.is_empty(), "a fresh install signs nothing");
-    assert_eq!(config.keys.files.directory, Path::new(DEFAULT_KEY_DIRECTORY));
+    assert_eq!(
+        config.keys.files.directory,
+        Path::new(DEFAULT_KEY_DIRECTORY)
+    );
 
     let exec_start = unit_value(&unit, "ExecStart");
     assert_eq!(
@@ -50,4 +53,23 @@ fn the_packaged_configuration_signs_nothing_and_fits_the_unit() {
             <= Duration::from_secs(stop_timeout),
         "systemd must not kill the milter while it lets messages finish"
     );
+}
+
+#[test]
+fn the_default_rotation_state_is_in_the_units_state_directory() {
+    let unit =
+        std::fs::read_to_string(Path::new(REPO).join("packaging/signet-milter.service")).unwrap();
+    let state = Path::new("/var/lib").join(unit_value(&unit, "StateDirectory"));
+    assert!(
+        Path::new(signet_milter::config::rotation::DEFAULT_STATE_DIRECTORY).starts_with(&state),
+        "the service can write its rotation state"
+    );
+    for script in ["packaging/debian/postinst", "packaging/rpm/post.sh"] {
+        let text = std::fs::read_to_string(Path::new(REPO).join(script)).unwrap();
+        assert!(
+            text.contains(&state.display().to_string()),
+            "{script} makes {}",
+            state.display()
+        );
+    }
 }

@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// What the server answered for one selector: (wall-clock ms, selector, TXT values).
+type Sample = (u64, String, Vec<String>);
+
 /// Generous bound for a state to be reached; only a broken rotation gets near it.
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -70,10 +73,16 @@ async fn setup(
 ) -> Setup {
     let root = tempfile::tempdir().unwrap();
     let first = generate(kind).unwrap();
-    let bind = Bind::start(&[("example.com", &[txt_line("s1._domainkey", &first.key.dns_record())])]);
+    let bind = Bind::start(&[(
+        "example.com",
+        &[txt_line("s1._domainkey", &first.key.dns_record())],
+    )]);
     let key = if domain_entry_key.is_empty() {
         write_key_files(&root.path().join("keys"), "example.com", "s1", &first).unwrap();
-        format!("filename = \"{}/keys/{{domain}}/{{selector}}.key\"", root.path().display())
+        format!(
+            "filename = \"{}/keys/{{domain}}/{{selector}}.key\"",
+            root.path().display()
+        )
     } else {
         domain_entry_key.to_string()
     };
@@ -82,7 +91,13 @@ async fn setup(
         section(root.path(), &bind)
     );
     let milter = TestMilter::start(&[], "", &table).await;
-    Setup { milter, bind, root, table, first }
+    Setup {
+        milter,
+        bind,
+        root,
+        table,
+        first,
+    }
 }
 
 /// The `[rotation]` section for a test: `servers` is the gate, updates go to `update_to`.
@@ -130,7 +145,11 @@ fn selectors(sent: &common::Sent) -> Vec<String> {
 async fn rounds_until(rotator: &mut Rotator, root: &Path, selector: &str, phase: Phase) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while phase_of(&state_of(root), selector) != Some(phase) {
-        assert!(tokio::time::Instant::now() < deadline, "{selector} never {phase}: {:#?}", state_of(root));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{selector} never {phase}: {:#?}",
+            state_of(root)
+        );
         rotator.round(None).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -152,7 +171,7 @@ async fn a_full_rotation_while_mail_flows_never_signs_with_an_unserved_selector(
     let server = bind.addr;
 
     // The server's answers for every selector, sampled all along.
-    let samples: Arc<Mutex<Vec<(u64, String, Vec<String>)>>> = Arc::default();
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
         let (samples, sampling) = (samples.clone(), sampling.clone());
@@ -162,7 +181,16 @@ async fn a_full_rotation_while_mail_flows_never_signs_with_an_unserved_selector(
                 for selector in ["s1", "k1", "k2"] {
                     let name = format!("{selector}._domainkey.example.com");
                     let out = std::process::Command::new("dig")
-                        .args(["+short", "+time=1", "+tries=1", "-p", &port, "@127.0.0.1", &name, "TXT"])
+                        .args([
+                            "+short",
+                            "+time=1",
+                            "+tries=1",
+                            "-p",
+                            &port,
+                            "@127.0.0.1",
+                            &name,
+                            "TXT",
+                        ])
                         .output()
                         .unwrap();
                     let values: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -170,7 +198,10 @@ async fn a_full_rotation_while_mail_flows_never_signs_with_an_unserved_selector(
                         .map(|l| l.split('"').skip(1).step_by(2).collect::<Vec<_>>().concat())
                         .collect();
                     let now = rotation::clock::wall_ms();
-                    samples.lock().unwrap().push((now, selector.to_string(), values));
+                    samples
+                        .lock()
+                        .unwrap()
+                        .push((now, selector.to_string(), values));
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -198,54 +229,95 @@ async fn a_full_rotation_while_mail_flows_never_signs_with_an_unserved_selector(
         signed_with.push((before, selector));
 
         let state = state_of(root);
-        if let Some(s1) = state.as_ref().and_then(|s| s.keys.iter().find(|k| k.selector == "s1")) {
+        if let Some(s1) = state
+            .as_ref()
+            .and_then(|s| s.keys.iter().find(|k| k.selector == "s1"))
+        {
             s1_retired_ms = s1.retired_ms.or(s1_retired_ms);
         }
         let s1_gone = state.as_ref().is_some_and(|s| !s.uses("s1"));
         if s1_gone && phase_of(&state, "k1").is_some_and(|p| p != Phase::Pending) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "rotation did not finish: {state:#?}\n{}", bind.log());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rotation did not finish: {state:#?}\n{}",
+            bind.log()
+        );
     }
     task.abort();
     sampling.store(false, Ordering::Relaxed);
     sampler.join().unwrap();
 
-    assert!(signed_with.iter().any(|(_, s)| s == "s1"), "mail was signed before the rotation");
+    assert!(
+        signed_with.iter().any(|(_, s)| s == "s1"),
+        "mail was signed before the rotation"
+    );
     let first_k1 = signed_with
         .iter()
         .find(|(_, s)| s == "k1")
         .map(|(t, _)| *t)
         .expect("mail was signed with the new key k1");
     assert!(
-        signed_with.iter().filter(|(t, _)| *t > first_k1).all(|(_, s)| s != "s1"),
+        signed_with
+            .iter()
+            .filter(|(t, _)| *t > first_k1)
+            .all(|(_, s)| s != "s1"),
         "no message goes back to the retired key: {signed_with:?}"
     );
-    let samples = samples.lock().unwrap();
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
     // Every message carried a selector the server was serving when the message started.
     for (at, selector) in &signed_with {
-        let served_before = samples.iter().any(|(t, s, v)| s == selector && !v.is_empty() && !v[0].ends_with("p=") && t <= at);
-        assert!(served_before || selector == "s1", "{selector} at {at} was not served before");
+        let served_before = samples
+            .iter()
+            .any(|(t, s, v)| s == selector && !v.is_empty() && !v[0].ends_with("p=") && t <= at);
+        assert!(
+            served_before || selector == "s1",
+            "{selector} at {at} was not served before"
+        );
     }
-    let s1_record = samples.iter().find(|(_, s, v)| s == "s1" && !v.is_empty()).unwrap().2[0].clone();
+    let s1_record = samples
+        .iter()
+        .find(|(_, s, v)| s == "s1" && !v.is_empty())
+        .unwrap()
+        .2[0]
+        .clone();
     // The old record stayed, unchanged, until its overlap ended.
     let overlap_end = s1_retired_ms.expect("s1 was seen retiring") + 2000;
     for (t, _, v) in samples.iter().filter(|(_, s, _)| s == "s1") {
         if *t < overlap_end {
-            assert_eq!(v, &vec![s1_record.clone()], "s1 at {t} (overlap ends {overlap_end})");
+            assert_eq!(
+                v,
+                &vec![s1_record.clone()],
+                "s1 at {t} (overlap ends {overlap_end})"
+            );
         }
     }
     // Then it was revoked (p= empty), and at the end removed.
     assert!(
-        samples.iter().any(|(t, s, v)| s == "s1" && *t >= overlap_end && v.iter().any(|r| r.ends_with("p="))),
+        samples
+            .iter()
+            .any(|(t, s, v)| s == "s1" && *t >= overlap_end && v.iter().any(|r| r.ends_with("p="))),
         "s1 revoked after the overlap"
     );
-    assert!(bind.txt("s1._domainkey.example.com").is_empty(), "s1 removed at the end");
-    assert!(root.join("state/archive/example.com/s1.key").exists(), "the retired private key is archived");
+    assert!(
+        bind.txt("s1._domainkey.example.com").is_empty(),
+        "s1 removed at the end"
+    );
+    assert!(
+        root.join("state/archive/example.com/s1.key").exists(),
+        "the retired private key is archived"
+    );
     assert!(!root.join("keys/example.com/s1.key").exists());
     let metrics = milter.runtime.load().env.metrics.encode();
-    assert!(metrics.contains("signet_rotation_transitions_total{phase=\"active\"}"), "{metrics}");
-    assert!(metrics.contains("signet_rotation_keys{phase=\"active\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("signet_rotation_transitions_total{phase=\"active\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("signet_rotation_keys{phase=\"active\"} 1"),
+        "{metrics}"
+    );
     milter.stop().await;
 }
 
@@ -256,7 +328,9 @@ async fn a_dns_updater_that_is_down_or_refuses_the_tsig_key_leaves_the_current_k
     let mut setup = setup(KeyKind::Ed25519, "", |root, bind| {
         // A key the server does not know: every update is refused (TSIG BADKEY).
         let made = common::dns::tsig_key(root);
-        let text = std::fs::read_to_string(&made).unwrap().replace(common::dns::TSIG_NAME, "not-the-key");
+        let text = std::fs::read_to_string(&made)
+            .unwrap()
+            .replace(common::dns::TSIG_NAME, "not-the-key");
         wrong_key = root.join("wrong-tsig.key");
         std::fs::write(&wrong_key, text).unwrap();
         rotation_section(root, &[bind.addr], bind.addr, &wrong_key, timing)
@@ -282,12 +356,21 @@ async fn a_dns_updater_that_is_down_or_refuses_the_tsig_key_leaves_the_current_k
     // The operator fixes the key and reloads; now the server is down.
     let config_path = setup.config_path();
     let text = std::fs::read_to_string(&config_path).unwrap();
-    let fixed = text.replace(&wrong_key.display().to_string(), &setup.bind.tsig_key_file.display().to_string());
+    let fixed = text.replace(
+        &wrong_key.display().to_string(),
+        &setup.bind.tsig_key_file.display().to_string(),
+    );
     std::fs::write(&config_path, fixed).unwrap();
-    assert!(signet_milter::server::reload(&config_path, &setup.milter.runtime));
+    assert!(signet_milter::server::reload(
+        &config_path,
+        &setup.milter.runtime
+    ));
     setup.bind.stop();
     rotator.round(None).await;
-    assert!(metrics.rotation_failures("publish") > refused, "the unreachable updater is counted");
+    assert!(
+        metrics.rotation_failures("publish") > refused,
+        "the unreachable updater is counted"
+    );
     assert_eq!(phase_of(&state_of(&root), "k1"), Some(Phase::Pending));
     let sent = send(&mut conn, &[], &message).await;
     assert_eq!(selectors(&sent), ["s1"], "still the current key");
@@ -327,8 +410,14 @@ async fn activation_waits_for_every_gate_server_including_a_lagging_one() {
     let (bind, root) = (&setup.bind, setup.root.path());
     let mut rotator = Rotator::new(setup.milter.runtime.clone());
     rotator.round(Some(&[label()])).await;
-    assert!(!bind.txt("k1._domainkey.example.com").is_empty(), "published at the primary");
-    assert!(second.txt("k1._domainkey.example.com").is_empty(), "not at the second server");
+    assert!(
+        !bind.txt("k1._domainkey.example.com").is_empty(),
+        "published at the primary"
+    );
+    assert!(
+        second.txt("k1._domainkey.example.com").is_empty(),
+        "not at the second server"
+    );
     // However many looks: the second server does not serve it, so k1 stays pending.
     for _ in 0..4 {
         rotator.round(None).await;
@@ -342,13 +431,21 @@ async fn activation_waits_for_every_gate_server_including_a_lagging_one() {
     let record = bind.txt("k1._domainkey.example.com")[0].clone();
     second.set_txt("example.com", "k1._domainkey.example.com", &record);
     rotator.round(None).await;
-    assert_eq!(phase_of(&state_of(root), "k1"), Some(Phase::Pending), "one look is not enough");
+    assert_eq!(
+        phase_of(&state_of(root), "k1"),
+        Some(Phase::Pending),
+        "one look is not enough"
+    );
     rotator.round(None).await;
     assert_eq!(phase_of(&state_of(root), "k1"), Some(Phase::Active));
     let sent = send(&mut conn, &[], &message).await;
     assert_eq!(selectors(&sent), ["k1"]);
     for server in [bind.addr, second.addr] {
-        let (ok, report) = verify_dkimpy_at(&message.delivered(&sent.inserted), server, &[("example.com", "k1")]);
+        let (ok, report) = verify_dkimpy_at(
+            &message.delivered(&sent.inserted),
+            server,
+            &[("example.com", "k1")],
+        );
         assert!(ok, "{server}: {report}");
     }
     setup.milter.stop().await;
@@ -390,7 +487,12 @@ async fn a_restart_mid_rotation_resumes_from_the_state_without_a_second_key() {
     }
     let written = generate(KeyKind::Ed25519).unwrap();
     write_private_key(&root.join("keys/example.com/k1.key"), &written).unwrap();
-    let Setup { milter, bind, table, .. } = setup;
+    let Setup {
+        milter,
+        bind,
+        table,
+        ..
+    } = setup;
     milter.stop().await;
 
     // The milter starts again: as `run` does, it signs with the active key of the state
@@ -399,13 +501,22 @@ async fn a_restart_mid_rotation_resumes_from_the_state_without_a_second_key() {
     let config = Config::load(&restarted.dir.path().join("signet-milter.toml")).unwrap();
     let selections = rotation::recorded_selections(&config).unwrap();
     assert_eq!(selections.get(&label()).map(String::as_str), Some("s1"));
-    restarted.runtime.load().rotation.selected().replace(selections);
+    restarted
+        .runtime
+        .load()
+        .rotation
+        .selected()
+        .replace(selections);
     let mut conn = restarted.connect(loopback()).await;
     let message = Message::simple("alice@example.com");
     assert_eq!(selectors(&send(&mut conn, &[], &message).await), ["s1"]);
     Rotator::new(restarted.runtime.clone()).round(None).await;
     let state = state_of(root).unwrap();
-    assert_eq!(phase_of(&Some(state.clone()), "k1"), Some(Phase::Active), "{state:#?}");
+    assert_eq!(
+        phase_of(&Some(state.clone()), "k1"),
+        Some(Phase::Active),
+        "{state:#?}"
+    );
     assert_eq!(state.counter, 1, "no second selector");
     assert_eq!(state.keys.len(), 2, "{state:#?}");
     assert_eq!(
@@ -413,7 +524,9 @@ async fn a_restart_mid_rotation_resumes_from_the_state_without_a_second_key() {
         [written.key.dns_record()],
         "the record published is that of the key found, not of a new one"
     );
-    let files = std::fs::read_dir(root.join("keys/example.com")).unwrap().count();
+    let files = std::fs::read_dir(root.join("keys/example.com"))
+        .unwrap()
+        .count();
     assert_eq!(files, 3, "s1.key, s1.dns and k1.key only");
     let sent = send(&mut conn, &[], &message).await;
     assert_eq!(selectors(&sent), ["k1"]);
@@ -438,19 +551,32 @@ async fn a_vault_held_key_rotates_into_a_new_path_of_its_own() {
         )
     })
     .await;
-    bao.put_key("secret/dkim/example.com/s1", "key", &setup.first.private_pem());
+    bao.put_key(
+        "secret/dkim/example.com/s1",
+        "key",
+        &setup.first.private_pem(),
+    );
     // [vault] goes before the signing table.
     let table = format!("{vault}{}", setup.table);
     setup.milter.stop().await;
     let milter = TestMilter::start(&[], "", &table).await;
     let (bind, root) = (&setup.bind, setup.root.path());
-    Rotator::new(milter.runtime.clone()).round(Some(&[label()])).await;
+    Rotator::new(milter.runtime.clone())
+        .round(Some(&[label()]))
+        .await;
     let state = state_of(root).unwrap();
-    assert_eq!(phase_of(&Some(state.clone()), "k1"), Some(Phase::Active), "{state:#?}");
+    assert_eq!(
+        phase_of(&Some(state.clone()), "k1"),
+        Some(Phase::Active),
+        "{state:#?}"
+    );
     // The new key is a secret of its own; the old one is untouched.
     let stored = bao.cli(&["kv", "get", "-field=key", "secret/dkim/example.com/k1"]);
     let new_key = signet_milter::keys::parse::parse_private_key(stored.as_bytes()).unwrap();
-    assert_eq!(bind.txt("k1._domainkey.example.com"), [new_key.dns_record()]);
+    assert_eq!(
+        bind.txt("k1._domainkey.example.com"),
+        [new_key.dns_record()]
+    );
     let old = bao.cli(&["kv", "get", "-field=key", "secret/dkim/example.com/s1"]);
     assert_eq!(old.trim(), setup.first.private_pem().trim());
 
@@ -462,11 +588,16 @@ async fn a_vault_held_key_rotates_into_a_new_path_of_its_own() {
         &other_root.path().join("state").display().to_string(),
     );
     let other = TestMilter::start(&[], "", &other_table).await;
-    Rotator::new(other.runtime.clone()).round(Some(&[label()])).await;
+    Rotator::new(other.runtime.clone())
+        .round(Some(&[label()]))
+        .await;
     let again = bao.cli(&["kv", "get", "-field=key", "secret/dkim/example.com/k1"]);
     assert_eq!(again, stored, "the key in Vault was not replaced");
     let metadata = bao.cli(&["kv", "metadata", "get", "secret/dkim/example.com/k1"]);
-    assert!(!metadata.contains("Version 2"), "one version only: {metadata}");
+    assert!(
+        !metadata.contains("Version 2"),
+        "one version only: {metadata}"
+    );
 
     let mut conn = milter.connect(loopback()).await;
     let message = Message::simple("alice@example.com");

@@ -14,11 +14,11 @@ mod template;
 mod values;
 
 pub use error::ConfigError;
+pub use rotation::RotationSettings;
 pub use signing::{
     DEFAULT_HEADERS, DomainMatch, SignatureLabel, SignerTemplate, SigningDomain, SigningTable,
     normalize_domain,
 };
-pub use rotation::RotationSettings;
 pub use template::Template;
 pub use values::{
     Algo, Canon, ListenAddr, OnError, SignaturePolicy, SocketMode, validate_http_url,

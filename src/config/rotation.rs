@@ -150,6 +150,9 @@ struct RawDnsUpdate {
     timeout: Option<Duration>,
 }
 
+/// The settings, and the entry names with their spans (checked against the signing table).
+pub(super) type Validated = (RotationSettings, Vec<Spanned<String>>, Vec<Spanned<String>>);
+
 type At<'a> = &'a dyn Fn(Option<std::ops::Range<usize>>, String) -> super::ConfigError;
 
 /// A DNS server as `IP` (port 53) or `IP:PORT`.
@@ -169,8 +172,7 @@ impl RawRotation {
         self,
         span: std::ops::Range<usize>,
         at: At<'_>,
-    ) -> Result<(RotationSettings, Vec<Spanned<String>>, Vec<Spanned<String>>), super::ConfigError>
-    {
+    ) -> Result<Validated, super::ConfigError> {
         let whole = |message: String| at(Some(span.clone()), format!("[rotation] {message}"));
         if self.domains.is_empty() && self.signatures.is_empty() {
             return Err(whole(
@@ -185,10 +187,22 @@ impl RawRotation {
                 Ok(d)
             }
         };
-        let check_interval = positive(self.check_interval, Duration::from_secs(300), "check_interval")?;
-        let rotate_after = positive(self.rotate_after, Duration::from_secs(90 * 86400), "rotate_after")?;
+        let check_interval = positive(
+            self.check_interval,
+            Duration::from_secs(300),
+            "check_interval",
+        )?;
+        let rotate_after = positive(
+            self.rotate_after,
+            Duration::from_secs(90 * 86400),
+            "rotate_after",
+        )?;
         let overlap = positive(self.overlap, Duration::from_secs(7 * 86400), "overlap")?;
-        let remove_after = positive(self.remove_after, Duration::from_secs(30 * 86400), "remove_after")?;
+        let remove_after = positive(
+            self.remove_after,
+            Duration::from_secs(30 * 86400),
+            "remove_after",
+        )?;
         let activate_after = self.activate_after.unwrap_or(Duration::from_secs(3600));
         let pending_warning = self.pending_warning.unwrap_or(Duration::from_secs(86400));
         let confirmations = self.confirmations.unwrap_or(2);
@@ -227,10 +241,16 @@ impl RawRotation {
                 }
                 for (i, name) in list.iter().enumerate() {
                     if !is_selector(name) {
-                        return Err(at(Some(span), format!("[rotation] selectors: \"{name}\" is not a valid selector")));
+                        return Err(at(
+                            Some(span),
+                            format!("[rotation] selectors: \"{name}\" is not a valid selector"),
+                        ));
                     }
                     if list[..i].iter().any(|n| n.eq_ignore_ascii_case(name)) {
-                        return Err(at(Some(span), format!("[rotation] selectors: \"{name}\" is listed twice")));
+                        return Err(at(
+                            Some(span),
+                            format!("[rotation] selectors: \"{name}\" is listed twice"),
+                        ));
                     }
                 }
                 SelectorScheme::Alternate(list)
@@ -239,10 +259,10 @@ impl RawRotation {
         };
         let mut dns_servers = Vec::new();
         for server in self.dns_servers {
-            dns_servers.push(
-                parse_server(server.get_ref())
-                    .map_err(|e| at(Some(server.span()), format!("[rotation] dns_servers: {e}")))?,
-            );
+            dns_servers
+                .push(parse_server(server.get_ref()).map_err(|e| {
+                    at(Some(server.span()), format!("[rotation] dns_servers: {e}"))
+                })?);
         }
         let resolver = match self.resolver {
             Some(r) => Some(
@@ -271,15 +291,24 @@ impl RawRotation {
                 let span = raw.span();
                 let raw = raw.into_inner();
                 let server = parse_server(raw.server.get_ref()).map_err(|e| {
-                    at(Some(raw.server.span()), format!("[rotation.dns_update] server: {e}"))
+                    at(
+                        Some(raw.server.span()),
+                        format!("[rotation.dns_update] server: {e}"),
+                    )
                 })?;
                 let timeout = raw.timeout.unwrap_or(Duration::from_secs(5));
                 if timeout.is_zero() {
-                    return Err(at(Some(span), "[rotation.dns_update] timeout must be longer than 0 s".into()));
+                    return Err(at(
+                        Some(span),
+                        "[rotation.dns_update] timeout must be longer than 0 s".into(),
+                    ));
                 }
                 let ttl = raw.ttl.unwrap_or(Duration::from_secs(300));
                 if ttl.as_secs() == 0 || ttl.as_secs() > u64::from(u32::MAX) {
-                    return Err(at(Some(span), "[rotation.dns_update] ttl must be between 1 s and 136 years".into()));
+                    return Err(at(
+                        Some(span),
+                        "[rotation.dns_update] ttl must be between 1 s and 136 years".into(),
+                    ));
                 }
                 if ttl >= overlap {
                     return Err(at(
@@ -305,7 +334,11 @@ impl RawRotation {
         };
         let settings = RotationSettings {
             domains: self.domains.iter().map(|d| d.get_ref().clone()).collect(),
-            signatures: self.signatures.iter().map(|s| s.get_ref().clone()).collect(),
+            signatures: self
+                .signatures
+                .iter()
+                .map(|s| s.get_ref().clone())
+                .collect(),
             state_directory: self
                 .state_directory
                 .unwrap_or_else(|| DEFAULT_STATE_DIRECTORY.into()),
@@ -332,7 +365,9 @@ impl RawRotation {
 fn is_selector(s: &str) -> bool {
     !s.is_empty()
         && s.split('.').all(|l| {
-            !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
 }
 
@@ -372,33 +407,51 @@ pub(super) fn check_entries(
         if text.starts_with('*') {
             return Err(at(
                 Some(name.span()),
-                format!("[rotation] domains: \"{text}\" is a wildcard; only entries for one domain can rotate (each domain needs its own records)"),
+                format!(
+                    "[rotation] domains: \"{text}\" is a wildcard; only entries for one domain can rotate (each domain needs its own records)"
+                ),
             ));
         }
         let label = SignatureLabel::Domain(text.clone());
         let template = table.entry(&label).ok_or_else(|| {
-            at(Some(name.span()), format!("[rotation] domains names \"{text}\", but there is no [domain.\"{text}\"]"))
+            at(
+                Some(name.span()),
+                format!("[rotation] domains names \"{text}\", but there is no [domain.\"{text}\"]"),
+            )
         })?;
         check_key(template, &label, name.span(), at)?;
         if !seen.insert(label) {
-            return Err(at(Some(name.span()), format!("[rotation] domains lists \"{text}\" twice")));
+            return Err(at(
+                Some(name.span()),
+                format!("[rotation] domains lists \"{text}\" twice"),
+            ));
         }
     }
     for name in signatures {
         let text = name.get_ref();
         let label = SignatureLabel::Signature(text.clone());
         let template = table.entry(&label).ok_or_else(|| {
-            at(Some(name.span()), format!("[rotation] signatures names \"{text}\", but there is no [signature.\"{text}\"]"))
+            at(
+                Some(name.span()),
+                format!(
+                    "[rotation] signatures names \"{text}\", but there is no [signature.\"{text}\"]"
+                ),
+            )
         })?;
         if template.domain == SigningDomain::Author {
             return Err(at(
                 Some(name.span()),
-                format!("[rotation] signatures: [signature.\"{text}\"] signs as each author's domain; only a signature with a fixed domain can rotate"),
+                format!(
+                    "[rotation] signatures: [signature.\"{text}\"] signs as each author's domain; only a signature with a fixed domain can rotate"
+                ),
             ));
         }
         check_key(template, &label, name.span(), at)?;
         if !seen.insert(label) {
-            return Err(at(Some(name.span()), format!("[rotation] signatures lists \"{text}\" twice")));
+            return Err(at(
+                Some(name.span()),
+                format!("[rotation] signatures lists \"{text}\" twice"),
+            ));
         }
     }
     Ok(())
@@ -422,6 +475,151 @@ fn check_key(
     };
     match problem {
         None => Ok(()),
-        Some(why) => Err(at(Some(span), format!("[rotation] cannot rotate {label}: {why}"))),
+        Some(why) => Err(at(
+            Some(span),
+            format!("[rotation] cannot rotate {label}: {why}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    const TABLE: &str = r#"
+[domain."example.com"]
+selector = "s1"
+[domain."*.example.net"]
+selector = "w1"
+[domain."inline.example"]
+selector = "i1"
+key = { key_data = "-----BEGIN PRIVATE KEY-----" }
+[domain."fixed.example"]
+selector = "f1"
+filename = "/etc/signet-milter/fixed.key"
+[signature."per-author"]
+domain = "{domain}"
+selector = "a1"
+[base]
+additional_signatures = ["per-author"]
+"#;
+
+    fn load(rotation: &str) -> Result<Config, String> {
+        Config::parse(&format!("{TABLE}{rotation}"), Path::new("r.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_good_section_loads_with_its_defaults() {
+        let config = load("[rotation]\ndomains = [\"example.com\"]\n").unwrap();
+        let r = config.rotation.unwrap();
+        assert_eq!(r.domains, ["example.com"]);
+        assert_eq!(r.rotate_after, std::time::Duration::from_secs(90 * 86400));
+        assert_eq!(r.confirmations, 2);
+        assert!(r.dns_update.is_none() && r.dns_servers.is_empty());
+        assert_eq!(
+            r.record_name.render("example.com", "s2"),
+            "s2._domainkey.example.com"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_at_their_line() {
+        // Lines counted from the [rotation] line, columns from 1.
+        let cases = [
+            ("[rotation]\n", (0, 1), "names no entry to rotate"),
+            (
+                "[rotation]\ndomains = [\"nope.example\"]\n",
+                (1, 12),
+                "there is no [domain.\"nope.example\"]",
+            ),
+            (
+                "[rotation]\ndomains = [\"*.example.net\"]\n",
+                (1, 12),
+                "is a wildcard",
+            ),
+            (
+                "[rotation]\ndomains = [\"inline.example\"]\n",
+                (1, 12),
+                "inline key_data",
+            ),
+            (
+                "[rotation]\ndomains = [\"fixed.example\"]\n",
+                (1, 12),
+                "has no {selector}",
+            ),
+            (
+                "[rotation]\nsignatures = [\"per-author\"]\n",
+                (1, 15),
+                "signs as each author's domain",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\nselector = \"fixed\"\n",
+                (2, 12),
+                "needs {date}, {datetime} or {counter}",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\nselector = \"s {date}\"\n",
+                (2, 12),
+                "does not make a valid selector",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\nselectors = [\"s1\"]\n",
+                (2, 13),
+                "at least two names",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\nrotate_after = \"1d\"\noverlap = \"2d\"\n",
+                (0, 1),
+                "must be longer than overlap",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\ndns_servers = [\"ns1.example\"]\n",
+                (2, 16),
+                "not an IP address",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\ncheck_interval = \"soon\"\n",
+                (2, 18),
+                "invalid duration",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\nconfirmations = 0\n",
+                (0, 1),
+                "at least 1",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\nretired_record = \"keep\"\n",
+                (2, 18),
+                "unknown variant",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\nrecord_name = \"dkim.example\"\n",
+                (2, 15),
+                "must contain {selector}",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\n[rotation.dns_update]\nserver = \"localhost\"\ntsig_key_file = \"/k\"\n",
+                (3, 10),
+                "not an IP address",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\n[rotation.dns_update]\nserver = \"127.0.0.1\"\ntsig_key_file = \"/k\"\nttl = \"30d\"\n",
+                (2, 1),
+                "must be shorter than [rotation] overlap",
+            ),
+            (
+                "[rotation]\ndomains = [\"example.com\"]\nrotate_every = \"1d\"\n",
+                (2, 1),
+                "unknown field `rotate_every`",
+            ),
+        ];
+        for (section, at, wanted) in cases {
+            let e = load(section).expect_err(section);
+            let first = TABLE.matches('\n').count() + 1;
+            let at = format!("r.toml:{}:{}: ", first + at.0, at.1);
+            assert!(e.starts_with(&at), "{section}: {e}");
+            assert!(e.contains(wanted), "{section}: {e}");
+        }
     }
 }

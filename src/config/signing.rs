@@ -5,9 +5,9 @@
 //! differs from KumoMTA's helper on purpose, where a domain's `over_sign = false` cannot override
 //! `[base]`'s `true`.
 
+use super::keysource::{KeySource, VaultSource};
 use super::values::{Algo, Canon, OnError, SignaturePolicy};
 use super::{ConfigError, KeySettings, Template};
-use super::keysource::{KeySource, VaultSource};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;

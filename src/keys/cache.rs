@@ -15,9 +15,9 @@
 
 use super::{Backends, Fetched, KeyError};
 use crate::config::CacheSettings;
+use crate::config::keysource::ResolvedKeySource;
 use crate::keys::file::FileStamp;
 use crate::keys::parse::PrivateKey;
-use crate::config::keysource::ResolvedKeySource;
 use crate::metrics::{Lookup, Metrics};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -156,7 +156,10 @@ impl VaultPool {
             .map_err(|e| classify(e, timeout))
     }
 
-    async fn client_for(&self, source: &VaultSource<String>) -> Result<Arc<VaultClient>, VaultFailure> {
+    async fn client_for(
+        &self,
+        source: &VaultSource<String>,
+    ) -> Result<Arc<VaultClient>, VaultFailure> {
         let address = self.address_for(source).ok_or(VaultFailure::NoAddress)?;
         self.session(address, source.token.clone())?.client().await
     }

@@ -45,7 +45,11 @@ pub async fn run(
             reports
                 .iter()
                 .filter(|r| labels.contains(&r.label))
-                .all(|r| r.state.as_ref().is_some_and(|s| s.pending().is_some() || s.active().is_some()))
+                .all(|r| {
+                    r.state
+                        .as_ref()
+                        .is_some_and(|s| s.pending().is_some() || s.active().is_some())
+                })
         }
         Action::Cancel => cancel(&current, &chosen).await?,
         Action::Rollback => rollback(&current, &chosen)?,
@@ -64,7 +68,9 @@ fn chosen_slots(config: &Config, domains: &[String]) -> anyhow::Result<Vec<Slot>
         let wanted = crate::config::normalize_domain(domain).map_err(anyhow::Error::msg)?;
         let found: Vec<Slot> = all.iter().filter(|s| s.domain == wanted).cloned().collect();
         if found.is_empty() {
-            bail!("{wanted}: no rotated signature signs as this domain ([rotation] domains / signatures)");
+            bail!(
+                "{wanted}: no rotated signature signs as this domain ([rotation] domains / signatures)"
+            );
         }
         out.extend(found);
     }
@@ -83,14 +89,19 @@ async fn cancel(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
     let vault = VaultPool::new(&runtime.config.keys.vault);
     let mut ok = true;
     for slot in chosen {
-        let Some(mut state) = store.load(&slot.domain, &slot.label)? else { continue };
+        let Some(mut state) = store.load(&slot.domain, &slot.label)? else {
+            continue;
+        };
         let Some(pending) = state.pending().cloned() else {
             println!("{} {}: no pending key to cancel", slot.domain, slot.label);
             continue;
         };
         let name = settings.record_name.render(&slot.domain, &pending.selector);
         if pending.published_ms.is_some() {
-            match publisher.remove(&name, &slot.domain, &pending.selector).await {
+            match publisher
+                .remove(&name, &slot.domain, &pending.selector)
+                .await
+            {
                 Ok(how) => println!("{} {}: {how}", slot.domain, slot.label),
                 Err(e) => {
                     println!("{} {}: {e}; the pending key stays", slot.domain, slot.label);
@@ -100,7 +111,16 @@ async fn cancel(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
             }
         }
         if pending.stored {
-            match keystore::dispose(&slot.template.key, &slot.domain, &pending.selector, RetiredPrivateKey::Delete, &store, &vault).await {
+            match keystore::dispose(
+                &slot.template.key,
+                &slot.domain,
+                &pending.selector,
+                RetiredPrivateKey::Delete,
+                &store,
+                &vault,
+            )
+            .await
+            {
                 Ok(how) => println!("{} {}: private key {how}", slot.domain, slot.label),
                 Err(e) => println!("{} {}: {e} (remove it by hand)", slot.domain, slot.label),
             }
@@ -108,7 +128,10 @@ async fn cancel(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
         state.keys.retain(|k| k.selector != pending.selector);
         store.save(&lock, &state)?;
         tracing::info!(domain = %slot.domain, entry = %slot.label, "rotation: pending key {} cancelled by the operator", pending.selector);
-        println!("{} {}: pending key {} cancelled", slot.domain, slot.label, pending.selector);
+        println!(
+            "{} {}: pending key {} cancelled",
+            slot.domain, slot.label, pending.selector
+        );
     }
     Ok(ok)
 }
@@ -120,7 +143,9 @@ fn rollback(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
     let now = super::clock::wall_ms();
     let mut ok = true;
     for slot in chosen {
-        let Some(mut state) = store.load(&slot.domain, &slot.label)? else { continue };
+        let Some(mut state) = store.load(&slot.domain, &slot.label)? else {
+            continue;
+        };
         let Some(previous) = state
             .keys
             .iter()
@@ -128,7 +153,10 @@ fn rollback(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
             .max_by_key(|k| k.retired_ms)
             .map(|k| k.selector.clone())
         else {
-            println!("{} {}: no retiring key to go back to (its record may be gone)", slot.domain, slot.label);
+            println!(
+                "{} {}: no retiring key to go back to (its record may be gone)",
+                slot.domain, slot.label
+            );
             ok = false;
             continue;
         };
@@ -147,7 +175,10 @@ fn rollback(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
         store.save(&lock, &state)?;
         let undone = undone.unwrap_or_else(|| "-".into());
         tracing::info!(domain = %slot.domain, entry = %slot.label, "rotation: rolled back by the operator: {previous} active again, {undone} retiring");
-        println!("{} {}: {previous} active again, {undone} retiring", slot.domain, slot.label);
+        println!(
+            "{} {}: {previous} active again, {undone} retiring",
+            slot.domain, slot.label
+        );
     }
     Ok(ok)
 }
@@ -155,7 +186,9 @@ fn rollback(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
 /// Prints the state of every rotated signature (of `domains`, when given); returns `false`
 /// when a state file cannot be read.
 pub fn print_states(config: &Config, domains: &[String]) -> bool {
-    let Some(settings) = &config.rotation else { return true };
+    let Some(settings) = &config.rotation else {
+        return true;
+    };
     let store = StateDir::new(&settings.state_directory);
     let mut rows: Vec<[String; 5]> = Vec::new();
     let mut ok = true;
@@ -174,12 +207,21 @@ pub fn print_states(config: &Config, domains: &[String]) -> bool {
             ]),
             Err(e) => {
                 ok = false;
-                rows.push([slot.domain.clone(), slot.label.to_string(), "-".into(), "ERROR".into(), e.to_string()]);
+                rows.push([
+                    slot.domain.clone(),
+                    slot.label.to_string(),
+                    "-".into(),
+                    "ERROR".into(),
+                    e.to_string(),
+                ]);
             }
         }
     }
     println!();
-    println!("Key rotation (state in {}):", settings.state_directory.display());
+    println!(
+        "Key rotation (state in {}):",
+        settings.state_directory.display()
+    );
     crate::cli::print_table(&["DOMAIN", "ENTRY", "SELECTOR", "STATE", "SINCE"], &rows);
     ok
 }
@@ -196,13 +238,23 @@ fn state_rows(slot: &Slot, state: &SlotState) -> Vec<[String; 5]> {
                         None if k.stored => "not published yet".into(),
                         None => "key not stored yet".into(),
                     };
-                    format!("{}; {published}; not active before {}", format_ms(k.created_ms), format_ms(k.not_before_ms))
+                    format!(
+                        "{}; {published}; not active before {}",
+                        format_ms(k.created_ms),
+                        format_ms(k.not_before_ms)
+                    )
                 }
                 Phase::Active => format_ms(k.activated_ms.unwrap_or(k.created_ms)),
                 Phase::Retiring => format_ms(k.retired_ms.unwrap_or(0)),
                 Phase::Revoked => format_ms(k.revoked_ms.unwrap_or(0)),
             };
-            [slot.domain.clone(), slot.label.to_string(), k.selector.clone(), k.phase.to_string(), since]
+            [
+                slot.domain.clone(),
+                slot.label.to_string(),
+                k.selector.clone(),
+                k.phase.to_string(),
+                since,
+            ]
         })
         .collect()
 }

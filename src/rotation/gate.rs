@@ -61,11 +61,12 @@ pub struct Gate {
 
 impl Gate {
     fn resolver(&mut self, server: SocketAddr) -> Result<&TokioResolver, String> {
-        if !self.resolvers.contains_key(&server) {
-            let resolver = dns_check::resolver(Some(server))?;
-            self.resolvers.insert(server, resolver);
+        match self.resolvers.entry(server) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                Ok(e.insert(dns_check::resolver(Some(server))?))
+            }
         }
-        Ok(&self.resolvers[&server])
     }
 
     /// Looks `name` up at each server and compares it with `key`.

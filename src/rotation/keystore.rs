@@ -58,8 +58,8 @@ pub(crate) async fn store_new_key(
                     .fetch(v)
                     .await
                     .map_err(|e| format!("{resolved}: {e}"))?;
-                let key = parse_private_key(text.as_bytes())
-                    .map_err(|e| format!("{resolved}: {e}"))?;
+                let key =
+                    parse_private_key(text.as_bytes()).map_err(|e| format!("{resolved}: {e}"))?;
                 Ok(key.dns_record())
             }
         }
@@ -75,8 +75,7 @@ fn store_file(path: &Path, generated: &GeneratedKey) -> Result<String, String> {
             let bytes = zeroize::Zeroizing::new(
                 std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
             );
-            let key =
-                parse_private_key(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            let key = parse_private_key(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
             Ok(key.dns_record())
         }
         Err(e) => Err(format!("cannot write {}: {e}", path.display())),
@@ -98,8 +97,13 @@ pub(crate) async fn dispose(
             let archive = state.subdir(&["archive", domain]);
             crate::rotation::state::create_dir(&archive).map_err(|e| e.to_string())?;
             let target = archive.join(format!("{selector}.key"));
-            std::fs::rename(path, &target)
-                .map_err(|e| format!("cannot move {} to {}: {e}", path.display(), target.display()))?;
+            std::fs::rename(path, &target).map_err(|e| {
+                format!(
+                    "cannot move {} to {}: {e}",
+                    path.display(),
+                    target.display()
+                )
+            })?;
             Ok(format!("archived to {}", target.display()))
         }
         (ResolvedKeySource::File(path), RetiredPrivateKey::Delete) => {

@@ -241,15 +241,30 @@ mod tests {
         let config = config();
         let keys = ActiveKeys::new(Arc::new(Selected::default()));
         let selectors = |plan: &Plan| -> Vec<String> {
-            plan.signatures.iter().map(|s| s.selector().to_string()).collect()
+            plan.signatures
+                .iter()
+                .map(|s| s.selector().to_string())
+                .collect()
         };
         let plan = |author: &str| policy::plan(&config.signing, Ok(author));
-        assert_eq!(selectors(&keys.apply(&config.signing, plan("example.com"))), ["s1"]);
+        assert_eq!(
+            selectors(&keys.apply(&config.signing, plan("example.com"))),
+            ["s1"]
+        );
 
         let label = SignatureLabel::Domain("example.com".into());
-        assert!(keys.selected().replace(BTreeMap::from([(label.clone(), "s2".into())])));
-        assert_eq!(selectors(&keys.apply(&config.signing, plan("example.com"))), ["s2"]);
-        assert_eq!(selectors(&keys.apply(&config.signing, plan("example.org"))), ["o1"]);
+        assert!(
+            keys.selected()
+                .replace(BTreeMap::from([(label.clone(), "s2".into())]))
+        );
+        assert_eq!(
+            selectors(&keys.apply(&config.signing, plan("example.com"))),
+            ["s2"]
+        );
+        assert_eq!(
+            selectors(&keys.apply(&config.signing, plan("example.org"))),
+            ["o1"]
+        );
         let planned = keys.apply(&config.signing, plan("example.com"));
         let source = planned.signatures[0]
             .template
@@ -257,9 +272,19 @@ mod tests {
             .resolve("example.com", planned.signatures[0].selector());
         assert_eq!(source.to_string(), "file /k/example.com/s2.key");
 
-        assert!(!keys.selected().replace(BTreeMap::from([(label.clone(), "s2".into())])));
-        assert!(keys.selected().replace(BTreeMap::from([(label, "s3".into())])));
-        assert_eq!(selectors(&keys.apply(&config.signing, plan("example.com"))), ["s3"]);
+        assert!(
+            !keys
+                .selected()
+                .replace(BTreeMap::from([(label.clone(), "s2".into())]))
+        );
+        assert!(
+            keys.selected()
+                .replace(BTreeMap::from([(label, "s3".into())]))
+        );
+        assert_eq!(
+            selectors(&keys.apply(&config.signing, plan("example.com"))),
+            ["s3"]
+        );
         let none = policy::plan(&config.signing, Err(&NoAuthor::Missing));
         assert!(keys.apply(&config.signing, none).signatures.is_empty());
     }

@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 /// How records reach DNS.
 pub enum Publisher {
-    Rfc2136(Rfc2136),
+    Rfc2136(Box<Rfc2136>),
     /// The operator publishes; signet writes what to publish and waits for it.
     Operator,
 }
@@ -52,13 +52,13 @@ impl Publisher {
             key.algorithm,
         )
         .map_err(|e| format!("[rotation.dns_update]: {e}"))?;
-        Ok(Publisher::Rfc2136(Rfc2136 {
+        Ok(Publisher::Rfc2136(Box::new(Rfc2136 {
             updater,
             zone: settings.zone.clone(),
             ttl: u32::try_from(settings.ttl.as_secs()).unwrap_or(u32::MAX),
             timeout: settings.timeout,
             server: settings.server.to_string(),
-        }))
+        })))
     }
 
     /// Makes `value` the only TXT record at `name`.
@@ -106,12 +106,19 @@ impl Rfc2136 {
         records: Vec<DnsRecord>,
     ) -> Result<String, String> {
         let zone = self.zone.render(domain, selector);
-        let what = if records.is_empty() { "removed" } else { "updated" };
-        let update = self
-            .updater
-            .set_rrset(name, DnsRecordType::TXT, self.ttl, records, zone.as_str());
+        let what = if records.is_empty() {
+            "removed"
+        } else {
+            "updated"
+        };
+        let update =
+            self.updater
+                .set_rrset(name, DnsRecordType::TXT, self.ttl, records, zone.as_str());
         match tokio::time::timeout(self.timeout, update).await {
-            Ok(Ok(())) => Ok(format!("{what} {name} TXT in zone {zone} at {}", self.server)),
+            Ok(Ok(())) => Ok(format!(
+                "{what} {name} TXT in zone {zone} at {}",
+                self.server
+            )),
             Ok(Err(e)) => Err(format!(
                 "update of {name} TXT in zone {zone} at {} failed: {e}",
                 self.server
@@ -150,7 +157,12 @@ pub fn revoked_value(record: &str) -> String {
 
 /// Reads `key "NAME" { algorithm ALG; secret "BASE64"; };` as `tsig-keygen` writes it.
 fn read_tsig_key(path: &Path) -> Result<TsigKey, String> {
-    let failed = |why: String| format!("[rotation.dns_update] tsig_key_file {}: {why}", path.display());
+    let failed = |why: String| {
+        format!(
+            "[rotation.dns_update] tsig_key_file {}: {why}",
+            path.display()
+        )
+    };
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?);
     let quoted_after = |keyword: &str| -> Option<&str> {
         let start = text.find(keyword)? + keyword.len();
@@ -210,17 +222,28 @@ mod tests {
         assert_eq!(key.name, "signet-update");
         assert_eq!(&key.secret[..], b"secret-secret-secret");
 
-        std::fs::write(&path, "key \"k\" { algorithm hmac-md5; secret \"c2VjcmV0\"; };").unwrap();
+        std::fs::write(
+            &path,
+            "key \"k\" { algorithm hmac-md5; secret \"c2VjcmV0\"; };",
+        )
+        .unwrap();
         let e = read_tsig_key(&path).err().unwrap();
         assert!(e.contains("hmac-md5 is not supported"), "{e}");
-        std::fs::write(&path, "key \"k\" { algorithm hmac-sha256; secret \"%%%%\"; };").unwrap();
+        std::fs::write(
+            &path,
+            "key \"k\" { algorithm hmac-sha256; secret \"%%%%\"; };",
+        )
+        .unwrap();
         let e = read_tsig_key(&path).err().unwrap();
         assert!(e.contains("not base64") && !e.contains("%%%%"), "{e}");
     }
 
     #[test]
     fn revocation_keeps_the_key_type() {
-        assert_eq!(revoked_value("v=DKIM1; k=ed25519; p=AAAA"), "v=DKIM1; k=ed25519; p=");
+        assert_eq!(
+            revoked_value("v=DKIM1; k=ed25519; p=AAAA"),
+            "v=DKIM1; k=ed25519; p="
+        );
         assert_eq!(revoked_value("v=DKIM1; p=AAAA"), "v=DKIM1; p=");
         let line = zone_line("s._domainkey.example.com", &"x".repeat(300));
         assert_eq!(line.matches('"').count(), 4);

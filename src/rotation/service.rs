@@ -37,7 +37,10 @@ pub struct Rotator {
     /// Consecutive gate looks in which a pending key's record was served everywhere.
     confirmed: HashMap<(SignatureLabel, String), u32>,
     /// Rebuilt when the settings it comes from change.
-    publisher: Option<(Option<crate::config::rotation::DnsUpdateSettings>, Arc<Publisher>)>,
+    publisher: Option<(
+        Option<crate::config::rotation::DnsUpdateSettings>,
+        Arc<Publisher>,
+    )>,
     vault: Option<(crate::config::VaultSettings, Arc<VaultPool>)>,
 }
 
@@ -109,6 +112,7 @@ impl Rotator {
         };
         let vault = self.vault(&runtime);
         let mut reports = Vec::new();
+        let previous = runtime.rotation.selected().load();
         let mut selections = BTreeMap::new();
         for slot in slots(&runtime.config) {
             let forced = force.is_some_and(|f| f.contains(&slot.label));
@@ -127,8 +131,19 @@ impl Rotator {
                 events: Vec::new(),
             };
             let state = step.run(skew, forced).await;
-            if let Some(active) = state.as_ref().and_then(SlotState::active) {
-                selections.insert(slot.label.clone(), active.selector.clone());
+            match state.as_ref() {
+                Some(state) => {
+                    if let Some(active) = state.active() {
+                        selections.insert(slot.label.clone(), active.selector.clone());
+                    }
+                }
+                // Unreadable state: keep signing with the selector in use, never fall back
+                // to the configured one (it may have been revoked long ago).
+                None => {
+                    if let Some(selector) = previous.selectors.get(&slot.label) {
+                        selections.insert(slot.label.clone(), selector.clone());
+                    }
+                }
             }
             reports.push(Report {
                 label: slot.label.clone(),
@@ -205,7 +220,10 @@ impl Step<'_> {
             }
             Err(e) => {
                 self.metrics.rotation_failure("state");
-                self.event(true, format!("{e}; nothing changes until it can be written"));
+                self.event(
+                    true,
+                    format!("{e}; nothing changes until it can be written"),
+                );
                 false
             }
         }
@@ -229,7 +247,10 @@ impl Step<'_> {
             }
             Err(e) => {
                 self.metrics.rotation_failure("state");
-                self.event(true, format!("{e}; this signature does not rotate until it is fixed"));
+                self.event(
+                    true,
+                    format!("{e}; this signature does not rotate until it is fixed"),
+                );
                 return None;
             }
         };
@@ -256,20 +277,29 @@ impl Step<'_> {
     /// The state of a signature seen for the first time: its configured key is active.
     async fn bootstrap(&mut self) -> SlotState {
         let selector = &self.slot.template.selector;
-        let mut state = SlotState::bootstrap(&self.slot.domain, &self.slot.label, selector, self.now);
+        let mut state =
+            SlotState::bootstrap(&self.slot.domain, &self.slot.label, selector, self.now);
         let source = self.slot.template.key.resolve(&self.slot.domain, selector);
         match self.runtime.keys.get(&source).await {
             Ok(key) => state.keys[0].record = Some(key.dns_record()),
-            Err(e) => self.event(true, format!("the configured key {selector} cannot be read yet: {e}")),
+            Err(e) => self.event(
+                true,
+                format!("the configured key {selector} cannot be read yet: {e}"),
+            ),
         }
-        self.event(false, format!("rotation starts with the configured key {selector} as the active key"));
+        self.event(
+            false,
+            format!("rotation starts with the configured key {selector} as the active key"),
+        );
         state
     }
 
     fn watch_clock(&mut self, state: &mut SlotState, skew: Option<Skew>) {
         match skew {
             Some(Skew::JumpedForward { by }) => {
-                state.hold_until_ms = state.hold_until_ms.max(self.now.saturating_add(clock::ms(by)));
+                state.hold_until_ms = state
+                    .hold_until_ms
+                    .max(self.now.saturating_add(clock::ms(by)));
                 self.metrics.rotation_failure("clock");
                 self.event(true, format!(
                     "the wall clock jumped {} ahead of the monotonic clock; no timed step before it has caught up",
@@ -278,7 +308,13 @@ impl Step<'_> {
             }
             Some(Skew::WentBack { by }) => {
                 self.metrics.rotation_failure("clock");
-                self.event(true, format!("the wall clock went back {}; windows open later", humantime::format_duration(by)));
+                self.event(
+                    true,
+                    format!(
+                        "the wall clock went back {}; windows open later",
+                        humantime::format_duration(by)
+                    ),
+                );
             }
             None => {}
         }
@@ -298,7 +334,11 @@ impl Step<'_> {
             return true;
         }
         let due = state.active().is_none_or(|active| {
-            clock::elapsed(active.activated_ms.unwrap_or(active.created_ms), self.settings.rotate_after, self.now)
+            clock::elapsed(
+                active.activated_ms.unwrap_or(active.created_ms),
+                self.settings.rotate_after,
+                self.now,
+            )
         });
         if !(state.rotate_now || (timed && due)) {
             return false;
@@ -308,14 +348,20 @@ impl Step<'_> {
             self.event(true, "no free selector: every name of selectors is still in use by a key whose record may be live".into());
             return false;
         };
-        let why = if state.rotate_now { "requested" } else { "the active key reached rotate_after" };
+        let why = if state.rotate_now {
+            "requested"
+        } else {
+            "the active key reached rotate_after"
+        };
         state.counter += 1;
         state.rotate_now = false;
         state.keys.push(KeyRecord {
             selector: selector.clone(),
             phase: Phase::Pending,
             created_ms: self.now,
-            not_before_ms: self.now.saturating_add(clock::ms(self.settings.activate_after)),
+            not_before_ms: self
+                .now
+                .saturating_add(clock::ms(self.settings.activate_after)),
             stored: false,
             record: None,
             published_ms: None,
@@ -335,19 +381,33 @@ impl Step<'_> {
 
     /// Step 1, second half: the private key.
     async fn store_key(&mut self, state: &mut SlotState) -> bool {
-        let Some(pending) = state.pending().cloned() else { return false };
+        let Some(pending) = state.pending().cloned() else {
+            return false;
+        };
         if pending.stored {
             return true;
         }
         let current = match state.active() {
             Some(active) => {
-                let source = self.slot.template.key.resolve(&self.slot.domain, &active.selector);
+                let source = self
+                    .slot
+                    .template
+                    .key
+                    .resolve(&self.slot.domain, &active.selector);
                 self.runtime.keys.get(&source).await.ok()
             }
             None => None,
         };
         let kind = keystore::next_kind(self.settings.algorithm, current.as_deref());
-        match keystore::store_new_key(&self.slot.template.key, &self.slot.domain, &pending.selector, kind, self.vault).await {
+        match keystore::store_new_key(
+            &self.slot.template.key,
+            &self.slot.domain,
+            &pending.selector,
+            kind,
+            self.vault,
+        )
+        .await
+        {
             Ok(record) => {
                 if let Some(key) = state.key_mut(&pending.selector) {
                     key.stored = true;
@@ -356,13 +416,26 @@ impl Step<'_> {
                 if !self.save(state) {
                     return false;
                 }
-                let source = self.slot.template.key.resolve(&self.slot.domain, &pending.selector);
-                self.event(false, format!("private key of {} stored at {source}", pending.selector));
+                let source = self
+                    .slot
+                    .template
+                    .key
+                    .resolve(&self.slot.domain, &pending.selector);
+                self.event(
+                    false,
+                    format!("private key of {} stored at {source}", pending.selector),
+                );
                 true
             }
             Err(e) => {
                 self.metrics.rotation_failure("generate");
-                self.event(true, format!("cannot store the key of {}: {e}; the active key keeps signing", pending.selector));
+                self.event(
+                    true,
+                    format!(
+                        "cannot store the key of {}: {e}; the active key keeps signing",
+                        pending.selector
+                    ),
+                );
                 false
             }
         }
@@ -370,13 +443,21 @@ impl Step<'_> {
 
     /// Step 2.
     async fn publish(&mut self, state: &mut SlotState) -> bool {
-        let Some(pending) = state.pending().cloned() else { return false };
+        let Some(pending) = state.pending().cloned() else {
+            return false;
+        };
         if pending.published_ms.is_some() {
             return true;
         }
-        let Some(record) = pending.record.clone() else { return false };
+        let Some(record) = pending.record.clone() else {
+            return false;
+        };
         let name = self.record_name(&pending.selector);
-        match self.publisher.publish(&name, &self.slot.domain, &pending.selector, &record).await {
+        match self
+            .publisher
+            .publish(&name, &self.slot.domain, &pending.selector, &record)
+            .await
+        {
             Ok(how) => {
                 if let Some(key) = state.key_mut(&pending.selector) {
                     key.published_ms = Some(self.now);
@@ -389,7 +470,10 @@ impl Step<'_> {
             }
             Err(e) => {
                 self.metrics.rotation_failure("publish");
-                self.event(true, format!("{e}; the active key keeps signing, the update is tried again"));
+                self.event(
+                    true,
+                    format!("{e}; the active key keeps signing, the update is tried again"),
+                );
                 false
             }
         }
@@ -397,14 +481,23 @@ impl Step<'_> {
 
     /// Step 3.
     async fn activate_when_proven(&mut self, state: &mut SlotState, timed: bool) {
-        let Some(pending) = state.pending().cloned() else { return };
+        let Some(pending) = state.pending().cloned() else {
+            return;
+        };
         let id = (self.slot.label.clone(), pending.selector.clone());
-        let source = self.slot.template.key.resolve(&self.slot.domain, &pending.selector);
+        let source = self
+            .slot
+            .template
+            .key
+            .resolve(&self.slot.domain, &pending.selector);
         let key = match self.runtime.keys.get(&source).await {
             Ok(key) => key,
             Err(e) => {
                 self.metrics.rotation_failure("gate");
-                self.event(true, format!("cannot load the pending key {}: {e}", pending.selector));
+                self.event(
+                    true,
+                    format!("cannot load the pending key {}: {e}", pending.selector),
+                );
                 return;
             }
         };
@@ -415,7 +508,13 @@ impl Step<'_> {
         };
         let verdict = self
             .gate
-            .check(&self.settings.dns_servers, self.settings.resolver, &zone, &name, &key)
+            .check(
+                &self.settings.dns_servers,
+                self.settings.resolver,
+                &zone,
+                &name,
+                &key,
+            )
             .await;
         let confirmations = self.confirmed.entry(id.clone()).or_insert(0);
         if verdict.all_match() {
@@ -430,15 +529,23 @@ impl Step<'_> {
             if late {
                 self.metrics.rotation_failure("gate");
             }
-            self.event(late, format!(
-                "{} not yet served everywhere ({}){}",
-                name,
-                verdict.summary(),
-                if late { "; pending longer than pending_warning" } else { "" }
-            ));
+            self.event(
+                late,
+                format!(
+                    "{} not yet served everywhere ({}){}",
+                    name,
+                    verdict.summary(),
+                    if late {
+                        "; pending longer than pending_warning"
+                    } else {
+                        ""
+                    }
+                ),
+            );
             return;
         }
-        if confirmations < self.settings.confirmations || !timed || self.now < pending.not_before_ms {
+        if confirmations < self.settings.confirmations || !timed || self.now < pending.not_before_ms
+        {
             self.event(false, format!(
                 "{name} served by every server ({confirmations} of {} looks in a row); activation not before {}",
                 self.settings.confirmations,
@@ -483,7 +590,10 @@ impl Step<'_> {
         let due: Vec<KeyRecord> = state
             .keys
             .iter()
-            .filter(|k| k.phase == Phase::Retiring && clock::elapsed(k.retired_ms.unwrap_or(0), self.settings.overlap, self.now))
+            .filter(|k| {
+                k.phase == Phase::Retiring
+                    && clock::elapsed(k.retired_ms.unwrap_or(0), self.settings.overlap, self.now)
+            })
             .cloned()
             .collect();
         for key in due {
@@ -491,12 +601,20 @@ impl Step<'_> {
             let result = match (self.settings.retired_record, &key.record) {
                 (RetiredRecord::Revoke, Some(record)) => {
                     let revoked = revoked_value(record);
-                    self.publisher.publish(&name, &self.slot.domain, &key.selector, &revoked).await
+                    self.publisher
+                        .publish(&name, &self.slot.domain, &key.selector, &revoked)
+                        .await
                 }
                 (RetiredRecord::Revoke, None) => {
-                    self.publisher.publish(&name, &self.slot.domain, &key.selector, "v=DKIM1; p=").await
+                    self.publisher
+                        .publish(&name, &self.slot.domain, &key.selector, "v=DKIM1; p=")
+                        .await
                 }
-                (RetiredRecord::Remove, _) => self.publisher.remove(&name, &self.slot.domain, &key.selector).await,
+                (RetiredRecord::Remove, _) => {
+                    self.publisher
+                        .remove(&name, &self.slot.domain, &key.selector)
+                        .await
+                }
             };
             match result {
                 Ok(how) => {
@@ -506,12 +624,18 @@ impl Step<'_> {
                     }
                     if self.save(state) {
                         self.metrics.rotation_transition(Phase::Revoked);
-                        self.event(false, format!("key {} revoked after its overlap: {how}", key.selector));
+                        self.event(
+                            false,
+                            format!("key {} revoked after its overlap: {how}", key.selector),
+                        );
                     }
                 }
                 Err(e) => {
                     self.metrics.rotation_failure("revoke");
-                    self.event(true, format!("cannot revoke {}: {e}; tried again", key.selector));
+                    self.event(
+                        true,
+                        format!("cannot revoke {}: {e}; tried again", key.selector),
+                    );
                 }
             }
         }
@@ -522,33 +646,78 @@ impl Step<'_> {
         let due: Vec<KeyRecord> = state
             .keys
             .iter()
-            .filter(|k| k.phase == Phase::Revoked && clock::elapsed(k.revoked_ms.unwrap_or(0), self.settings.remove_after, self.now))
+            .filter(|k| {
+                k.phase == Phase::Revoked
+                    && clock::elapsed(
+                        k.revoked_ms.unwrap_or(0),
+                        self.settings.remove_after,
+                        self.now,
+                    )
+            })
             .cloned()
             .collect();
         for key in due {
             if self.settings.retired_record == RetiredRecord::Revoke {
                 let name = self.record_name(&key.selector);
-                if let Err(e) = self.publisher.remove(&name, &self.slot.domain, &key.selector).await {
+                if let Err(e) = self
+                    .publisher
+                    .remove(&name, &self.slot.domain, &key.selector)
+                    .await
+                {
                     self.metrics.rotation_failure("revoke");
-                    self.event(true, format!("cannot remove the revoked record of {}: {e}; tried again", key.selector));
+                    self.event(
+                        true,
+                        format!(
+                            "cannot remove the revoked record of {}: {e}; tried again",
+                            key.selector
+                        ),
+                    );
                     continue;
                 }
             }
-            let disposed = if key.bootstrap && !self.slot.template.key.resolve(&self.slot.domain, &key.selector).to_string().starts_with("file ") {
+            let disposed = if key.bootstrap
+                && !self
+                    .slot
+                    .template
+                    .key
+                    .resolve(&self.slot.domain, &key.selector)
+                    .to_string()
+                    .starts_with("file ")
+            {
                 Ok("left in place (the configured key)".to_string())
             } else {
-                keystore::dispose(&self.slot.template.key, &self.slot.domain, &key.selector, self.settings.retired_private_key, self.store, self.vault).await
+                keystore::dispose(
+                    &self.slot.template.key,
+                    &self.slot.domain,
+                    &key.selector,
+                    self.settings.retired_private_key,
+                    self.store,
+                    self.vault,
+                )
+                .await
             };
             match disposed {
                 Ok(how) => {
                     state.keys.retain(|k| k.selector != key.selector);
                     if self.save(state) {
-                        self.event(false, format!("key {} removed: record gone, private key {how}", key.selector));
+                        self.event(
+                            false,
+                            format!(
+                                "key {} removed: record gone, private key {how}",
+                                key.selector
+                            ),
+                        );
                     }
                 }
                 Err(e) => {
                     self.metrics.rotation_failure("remove");
-                    self.event(true, format!("cannot dispose of the private key of {}: {e}; tried again", key.selector));
+                    self.event(
+                        true,
+                        format!(
+                            "cannot dispose of the private key of {}: {e}; tried again",
+                            key.selector
+                        ),
+                    );
                 }
             }
         }
@@ -566,7 +735,9 @@ impl Step<'_> {
         for key in &state.keys {
             let name = self.record_name(&key.selector);
             let line = match (key.phase, &key.record) {
-                (Phase::Revoked, Some(record)) if self.settings.retired_record == RetiredRecord::Revoke => {
+                (Phase::Revoked, Some(record))
+                    if self.settings.retired_record == RetiredRecord::Revoke =>
+                {
                     zone_line(&name, &revoked_value(record))
                 }
                 (Phase::Revoked, _) => format!("; {name}. removed"),
@@ -575,10 +746,13 @@ impl Step<'_> {
             };
             text.push_str(&format!("; {} key {}\n{line}\n", key.phase, key.selector));
         }
-        let path = self.store.subdir(&[&state.domain]).join(match &self.slot.label {
-            SignatureLabel::Domain(_) => "records.zone".to_string(),
-            SignatureLabel::Signature(name) => format!("records-{name}.zone"),
-        });
+        let path = self
+            .store
+            .subdir(&[&state.domain])
+            .join(match &self.slot.label {
+                SignatureLabel::Domain(_) => "records.zone".to_string(),
+                SignatureLabel::Signature(name) => format!("records-{name}.zone"),
+            });
         if let Err(e) = super::state::write_atomically(&path, text.as_bytes(), 0o644) {
             warn!("rotation: {e}");
         }
@@ -610,7 +784,9 @@ fn next_selector(scheme: &SelectorScheme, state: &SlotState, now_ms: u64) -> Opt
             if !state.uses(&base) {
                 return Some(base);
             }
-            (2..1000).map(|n| format!("{base}-{n}")).find(|s| !state.uses(s))
+            (2..1000)
+                .map(|n| format!("{base}-{n}"))
+                .find(|s| !state.uses(s))
         }
     }
 }
@@ -632,7 +808,11 @@ pub fn format_ms(ms: u64) -> String {
 
 fn summarize(reports: &[Report], settings: &RotationSettings, now: u64) -> RotationSummary {
     let mut summary = RotationSummary::default();
-    for key in reports.iter().filter_map(|r| r.state.as_ref()).flat_map(|s| &s.keys) {
+    for key in reports
+        .iter()
+        .filter_map(|r| r.state.as_ref())
+        .flat_map(|s| &s.keys)
+    {
         let age = std::time::Duration::from_millis(now.saturating_sub(key.created_ms));
         match key.phase {
             Phase::Pending => {
@@ -691,12 +871,21 @@ mod tests {
         let now = 1_796_157_180_000;
         let scheme = SelectorScheme::Pattern("s{date}".into());
         let state = state_with(&[("s1", Phase::Active)]);
-        assert_eq!(next_selector(&scheme, &state, now).as_deref(), Some("s20261201"));
+        assert_eq!(
+            next_selector(&scheme, &state, now).as_deref(),
+            Some("s20261201")
+        );
         let state = state_with(&[("s1", Phase::Active), ("s20261201", Phase::Retiring)]);
-        assert_eq!(next_selector(&scheme, &state, now).as_deref(), Some("s20261201-2"));
+        assert_eq!(
+            next_selector(&scheme, &state, now).as_deref(),
+            Some("s20261201-2")
+        );
         let scheme = SelectorScheme::Pattern("k{counter}-{datetime}".into());
         let mut state = state_with(&[("s1", Phase::Active)]);
         state.counter = 4;
-        assert_eq!(next_selector(&scheme, &state, now).as_deref(), Some("k5-20261201203300"));
+        assert_eq!(
+            next_selector(&scheme, &state, now).as_deref(),
+            Some("k5-20261201203300")
+        );
     }
 }

@@ -242,11 +242,10 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Io { path, source }),
         };
-        let state: SlotState =
-            serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let state: SlotState = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if state.format != FORMAT {
             return Err(StateError::Corrupt {
                 path,
@@ -326,7 +325,8 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map_or("state".into(), |n| n.to_string_lossy())
+        path.file_name()
+            .map_or("state".into(), |n| n.to_string_lossy())
     ));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -365,7 +365,11 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(files, vec!["domain.json".to_string()], "no temporary file left");
+        assert_eq!(
+            files,
+            vec!["domain.json".to_string()],
+            "no temporary file left"
+        );
     }
 
     #[test]

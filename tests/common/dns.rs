@@ -86,7 +86,11 @@ impl Bind {
     fn launch(&mut self) {
         // A port taken between our probe and named's bind: try another.
         for _ in 0..5 {
-            let port = if self.addr.port() == 0 { free_port() } else { self.addr.port() };
+            let port = if self.addr.port() == 0 {
+                free_port()
+            } else {
+                self.addr.port()
+            };
             let dir = self.dir.path();
             let mut conf = format!(
                 "options {{\n  directory \"{d}\";\n  pid-file \"{d}/named.pid\";\n  session-keyfile \"{d}/session.key\";\n  managed-keys-directory \"{d}\";\n  listen-on port {port} {{ 127.0.0.1; }};\n  listen-on-v6 {{ none; }};\n  recursion no;\n  notify no;\n  dnssec-validation no;\n  allow-transfer {{ none; }};\n}};\ncontrols {{ }};\ninclude \"{d}/tsig.key\";\n",
@@ -181,9 +185,18 @@ impl Bind {
             .spawn()
             .expect("nsupdate runs");
         use std::io::Write as _;
-        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "nsupdate: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "nsupdate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `update` with the TXT record `value` (split into 255-byte strings) at `name`.
@@ -259,7 +272,8 @@ pub fn verify_dkimpy_at(raw: &[u8], server: SocketAddr, expect: &[(&str, &str)])
 pub fn verify_opendkim_at(raw: &[u8], server: SocketAddr) -> (bool, String) {
     static VERIFIER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let verifier = VERIFIER.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("signet-opendkim-verify-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("signet-opendkim-verify-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let binary = dir.join("opendkim_verify");
         let flags = Command::new("pkg-config")
@@ -270,7 +284,10 @@ pub fn verify_opendkim_at(raw: &[u8], server: SocketAddr) -> (bool, String) {
         let status = Command::new("cc")
             .args(["-O1", "-Wall", "-Wextra", "-Werror", "-o"])
             .arg(&binary)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/opendkim_verify.c"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/e2e/opendkim_verify.c"
+            ))
             .args(flags.split_whitespace())
             .status()
             .expect("cc runs");
