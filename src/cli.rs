@@ -191,9 +191,8 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
         }
         let shared = Arc::new(ArcSwap::from_pointee(runtime));
         server::spawn_reload_on_sighup(config_path.to_owned(), shared.clone())?;
-        if shared.load().config.rotation.is_some() {
-            crate::rotation::service::Rotator::new(shared.clone()).spawn();
-        }
+        // Always running: a reload may add [rotation]; without it a round does nothing.
+        crate::rotation::service::Rotator::new(shared.clone()).spawn();
         tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), "signet-milter listening");
         crate::notify::ready(&format!("listening on {listen}"));
         metrics.set_ready(true);
@@ -405,7 +404,10 @@ fn rotate(
             config_path.display()
         );
     }
-    crate::logging::init(&config.log);
+    // What it does is printed; the log adds only warnings (SIGNET_LOG for more).
+    let mut quiet = config.log.clone();
+    quiet.level = "warn".into();
+    crate::logging::init(&quiet);
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::with_environment(
         config, env,
     )));

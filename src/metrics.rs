@@ -446,6 +446,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rotation_shows_in_the_metrics_and_in_healthz() {
+        let m = Metrics::new();
+        assert_eq!(m.rotation_health(), "", "nothing said without rotation");
+        m.set_rotation(RotationSummary {
+            pending: 1,
+            active: 3,
+            retiring: 1,
+            pending_overdue: 1,
+            oldest_pending: Some(Duration::from_secs(90_000)),
+            oldest_active: Some(Duration::from_secs(86_400)),
+            ..RotationSummary::default()
+        });
+        m.rotation_failure("publish");
+        let text = m.encode();
+        for line in [
+            "signet_rotation_keys{phase=\"active\"} 3",
+            "signet_rotation_keys{phase=\"pending\"} 1",
+            "signet_rotation_oldest_pending_seconds 90000",
+            "signet_rotation_failures_total{step=\"publish\"} 1",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        m.set_ready(true);
+        let request = hyper::Request::get("/healthz").body(()).unwrap();
+        assert_eq!(respond(&m, &request).status(), 200);
+        let health = m.rotation_health();
+        assert!(
+            health.starts_with("rotation: 3 active (oldest 86400s), 1 pending (oldest 90000s), 1 retiring, 0 revoked\n"),
+            "{health}"
+        );
+        assert!(
+            health.contains("warning: 1 pending key(s) not served"),
+            "{health}"
+        );
+    }
+
+    #[test]
     fn counts_appear_in_the_exposition() {
         let m = Metrics::new();
         m.key_lookup("vault", Lookup::Stale);

@@ -611,3 +611,62 @@ async fn a_vault_held_key_rotates_into_a_new_path_of_its_own() {
     other.stop().await;
     milter.stop().await;
 }
+
+/// How far the test's wall clock is ahead of the real one.
+static CLOCK_AHEAD_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A wall clock that a test can step, as a wrong NTP step or a restored VM snapshot does.
+fn stepped_clock() -> u64 {
+    rotation::clock::wall_ms() + CLOCK_AHEAD_MS.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_that_jumps_ahead_does_not_activate_a_key_early() {
+    let setup = setup(KeyKind::Ed25519, "", |root, bind| {
+        rotation_section(
+            root,
+            &[bind.addr],
+            bind.addr,
+            &bind.tsig_key_file,
+            "check_interval = \"1h\"\nrotate_after = \"30d\"\nactivate_after = \"1h\"\nconfirmations = 1\noverlap = \"1d\"",
+        )
+    })
+    .await;
+    let root = setup.root.path();
+    let runtime = setup.milter.runtime.clone();
+    let metrics = runtime.load().env.metrics.clone();
+    // k1 is made and published; by activate_after it may sign in an hour.
+    let mut rotator = Rotator::with_wall_clock(runtime.clone(), stepped_clock);
+    rotator.round(Some(&[label()])).await;
+    assert_eq!(phase_of(&state_of(root), "k1"), Some(Phase::Pending));
+    assert!(
+        !setup.bind.txt("k1._domainkey.example.com").is_empty(),
+        "served"
+    );
+
+    // The wall clock jumps a day ahead between two looks: by the wall clock the hour is long
+    // over, by the monotonic clock a moment passed. k1 stays pending.
+    CLOCK_AHEAD_MS.store(86_400_000, Ordering::SeqCst);
+    rotator.round(None).await;
+    let state = state_of(root).unwrap();
+    assert_eq!(
+        phase_of(&Some(state.clone()), "k1"),
+        Some(Phase::Pending),
+        "{state:#?}"
+    );
+    assert!(
+        state.hold_until_ms >= stepped_clock() + 86_000_000,
+        "held back by the size of the jump: {state:#?}"
+    );
+    assert_eq!(metrics.rotation_failures("clock"), 1, "the jump is counted");
+
+    // A restart does not forget the hold: a new process sees no jump itself.
+    let mut restarted = Rotator::with_wall_clock(runtime.clone(), stepped_clock);
+    restarted.round(None).await;
+    restarted.round(None).await;
+    assert_eq!(phase_of(&state_of(root), "k1"), Some(Phase::Pending));
+    let mut conn = setup.milter.connect(loopback()).await;
+    let message = Message::simple("alice@example.com");
+    assert_eq!(selectors(&send(&mut conn, &[], &message).await), ["s1"]);
+    setup.milter.stop().await;
+}

@@ -32,6 +32,8 @@ use tracing::{error, info, warn};
 /// The background worker (also run once by `signet-milter rotate`).
 pub struct Rotator {
     runtime: Arc<ArcSwap<Runtime>>,
+    /// The wall clock (Unix ms); replaceable so a test can step it.
+    wall: fn() -> u64,
     clock: ClockWatch,
     gate: Gate,
     /// Consecutive gate looks in which a pending key's record was served everywhere.
@@ -57,6 +59,7 @@ impl Rotator {
     pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
         Rotator {
             runtime,
+            wall: clock::wall_ms,
             clock: ClockWatch::default(),
             gate: Gate::default(),
             confirmed: HashMap::new(),
@@ -65,20 +68,44 @@ impl Rotator {
         }
     }
 
+    /// The same, reading the wall clock from `wall` (tests step it to play a clock jump).
+    pub fn with_wall_clock(runtime: Arc<ArcSwap<Runtime>>, wall: fn() -> u64) -> Self {
+        Rotator {
+            wall,
+            ..Self::new(runtime)
+        }
+    }
+
     /// Runs until the process ends: one round now, then one every `check_interval` (read
-    /// again each round, so a reload that changes it takes effect).
+    /// again each round, so a reload that changes it takes effect). In between, every
+    /// [`FOLLOW_INTERVAL`], a change of a state file by someone else (`signet-milter rotate`)
+    /// is taken into the signing view at once, without waiting for the next round.
     pub fn spawn(mut self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            let mut next_round = Instant::now();
+            let mut seen = Vec::new();
             loop {
-                self.round(None).await;
-                let interval = self
-                    .runtime
-                    .load()
-                    .config
-                    .rotation
-                    .as_ref()
-                    .map_or(std::time::Duration::from_secs(60), |r| r.check_interval);
-                tokio::time::sleep(interval).await;
+                if Instant::now() >= next_round {
+                    self.round(None).await;
+                    seen = state_fingerprint(&self.runtime.load().config);
+                    let interval = self
+                        .runtime
+                        .load()
+                        .config
+                        .rotation
+                        .as_ref()
+                        .map_or(FOLLOW_INTERVAL, |r| r.check_interval);
+                    next_round = Instant::now() + interval;
+                } else {
+                    let runtime = self.runtime.load_full();
+                    let now = state_fingerprint(&runtime.config);
+                    if now != seen {
+                        follow_state(&runtime);
+                        seen = now;
+                    }
+                }
+                let until_round = next_round.saturating_duration_since(Instant::now());
+                tokio::time::sleep(until_round.min(FOLLOW_INTERVAL)).await;
             }
         })
     }
@@ -88,9 +115,11 @@ impl Rotator {
         let runtime = self.runtime.load_full();
         let metrics = runtime.env.metrics.clone();
         let Some(settings) = runtime.config.rotation.clone() else {
+            // Rotation removed by a reload: entries sign with their configured selector again.
+            runtime.rotation.selected().replace(BTreeMap::new());
             return Vec::new();
         };
-        let now = clock::wall_ms();
+        let now = (self.wall)();
         let skew = self.clock.observe(now, Instant::now());
         let store = StateDir::new(&settings.state_directory);
         let lock = match store.lock(force.is_some()) {
@@ -181,6 +210,40 @@ impl Rotator {
         let pool = Arc::new(VaultPool::new(settings));
         self.vault = Some((settings.clone(), pool.clone()));
         pool
+    }
+}
+
+/// How often the state files are looked at (one `stat` each) for changes made by a command.
+pub const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The modification time and size of every rotated signature's state file.
+fn state_fingerprint(config: &crate::config::Config) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    let Some(settings) = &config.rotation else {
+        return Vec::new();
+    };
+    let store = StateDir::new(&settings.state_directory);
+    slots(config)
+        .iter()
+        .map(|slot| {
+            let meta = std::fs::metadata(store.file(&slot.domain, &slot.label)).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+        .collect()
+}
+
+/// Takes the active selectors the state files record into the signing view.
+fn follow_state(runtime: &Runtime) {
+    match super::recorded_selections(&runtime.config) {
+        Ok(selections) => {
+            let mut merged = runtime.rotation.selected().load().selectors.clone();
+            merged.extend(selections);
+            if runtime.rotation.selected().replace(merged) {
+                info!(
+                    "rotation: the state changed outside the milter (signet-milter rotate); the signing view follows it"
+                );
+            }
+        }
+        Err(e) => warn!("rotation: {e}; the signing view stays as it is"),
     }
 }
 
@@ -573,8 +636,10 @@ impl Step<'_> {
         self.confirmed.remove(&id);
         self.metrics.rotation_transition(Phase::Active);
         self.event(false, format!(
-            "key {} active: its record was served by every server on {confirmations} looks in a row ({})",
-            pending.selector, verdict.summary()
+            "key {} active: its record was served by every server on {confirmations} look{} in a row ({})",
+            pending.selector,
+            if confirmations == 1 { "" } else { "s" },
+            verdict.summary()
         ));
         if let Some(previous) = previous {
             self.metrics.rotation_transition(Phase::Retiring);
