@@ -670,3 +670,106 @@ async fn a_wall_clock_that_jumps_ahead_does_not_activate_a_key_early() {
     assert_eq!(selectors(&send(&mut conn, &[], &message).await), ["s1"]);
     setup.milter.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_updater_the_record_is_written_for_the_operator_and_awaited() {
+    let setup = setup(KeyKind::Ed25519, "", |root, bind| {
+        format!(
+            "[rotation]\ndomains = [\"example.com\"]\nstate_directory = \"{}\"\nselector = \"k{{counter}}\"\n\
+             dns_servers = [\"{}\"]\ncheck_interval = \"1h\"\nactivate_after = \"0s\"\nconfirmations = 1\n",
+            root.join("state").display(),
+            bind.addr
+        )
+    })
+    .await;
+    let root = setup.root.path();
+    let mut rotator = Rotator::new(setup.milter.runtime.clone());
+    rotator.round(Some(&[label()])).await;
+    rotator.round(None).await;
+    assert_eq!(
+        phase_of(&state_of(root), "k1"),
+        Some(Phase::Pending),
+        "waits for the operator"
+    );
+    let zone = std::fs::read_to_string(root.join("state/example.com/records.zone")).unwrap();
+    let line = zone
+        .lines()
+        .find(|l| l.starts_with("k1._domainkey.example.com. IN TXT"))
+        .unwrap_or_else(|| panic!("{zone}"));
+    // The operator publishes what the file says.
+    let value: String = line.split('"').skip(1).step_by(2).collect();
+    setup
+        .bind
+        .set_txt("example.com", "k1._domainkey.example.com", &value);
+    rotator.round(None).await;
+    assert_eq!(phase_of(&state_of(root), "k1"), Some(Phase::Active));
+    let mut conn = setup.milter.connect(loopback()).await;
+    let message = Message::simple("alice@example.com");
+    let sent = send(&mut conn, &[], &message).await;
+    assert_eq!(selectors(&sent), ["k1"]);
+    let (ok, report) = verify_dkimpy_at(
+        &message.delivered(&sent.inserted),
+        setup.bind.addr,
+        &[("example.com", "k1")],
+    );
+    assert!(ok, "{report}");
+    setup.milter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_two_selector_cname_model_updates_only_the_delegated_zone() {
+    let root = tempfile::tempdir().unwrap();
+    let first = generate(KeyKind::Ed25519).unwrap();
+    write_key_files(&root.path().join("keys"), "example.com", "s1", &first).unwrap();
+    // example.com delegates s1/s2 by CNAME, once; the mail host may update only its own zone.
+    let cnames = [
+        "s1._domainkey 1 IN CNAME s1.example.com.dkim.mailhost.example.".to_string(),
+        "s2._domainkey 1 IN CNAME s2.example.com.dkim.mailhost.example.".to_string(),
+    ];
+    let delegated = [txt_line("s1.example.com", &first.key.dns_record())];
+    let bind = Bind::start(&[
+        ("example.com", &cnames),
+        ("dkim.mailhost.example", &delegated),
+    ]);
+    let table = format!(
+        "[domain.\"example.com\"]\nselector = \"s1\"\nfilename = \"{}/keys/{{domain}}/{{selector}}.key\"\n\
+         [rotation]\ndomains = [\"example.com\"]\nstate_directory = \"{}\"\nselectors = [\"s1\", \"s2\"]\n\
+         record_name = \"{{selector}}.{{domain}}.dkim.mailhost.example\"\ndns_servers = [\"{addr}\"]\n\
+         check_interval = \"1h\"\nactivate_after = \"0s\"\nconfirmations = 1\n\
+         [rotation.dns_update]\nserver = \"{addr}\"\nzone = \"dkim.mailhost.example\"\ntsig_key_file = \"{}\"\nttl = \"60s\"\n",
+        root.path().display(),
+        root.path().join("state").display(),
+        bind.tsig_key_file.display(),
+        addr = bind.addr,
+    );
+    let milter = TestMilter::start(&[], "", &table).await;
+    Rotator::new(milter.runtime.clone())
+        .round(Some(&[label()]))
+        .await;
+    let state = state_of(root.path());
+    assert_eq!(phase_of(&state, "s2"), Some(Phase::Active), "{state:#?}");
+    assert_eq!(phase_of(&state, "s1"), Some(Phase::Retiring));
+    assert_eq!(
+        bind.txt("s2.example.com.dkim.mailhost.example").len(),
+        1,
+        "written at the CNAME target"
+    );
+    let zone = std::fs::read_to_string(bind.dir.path().join("example.com.zone")).unwrap();
+    assert!(!zone.contains("TXT"), "the main zone is never updated");
+    assert!(
+        !bind.dir.path().join("example.com.jnl").exists(),
+        "no update to the main zone"
+    );
+
+    // Receivers look up s2._domainkey.example.com and follow the CNAME.
+    let mut conn = milter.connect(loopback()).await;
+    let message = Message::simple("alice@example.com");
+    let sent = send(&mut conn, &[], &message).await;
+    assert_eq!(selectors(&sent), ["s2"]);
+    let raw = message.delivered(&sent.inserted);
+    let (ok, report) = verify_dkimpy_at(&raw, bind.addr, &[("example.com", "s2")]);
+    assert!(ok, "{report}");
+    let (ok, report) = verify_opendkim_at(&raw, bind.addr);
+    assert!(ok, "{report}");
+    milter.stop().await;
+}

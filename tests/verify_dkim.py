@@ -85,17 +85,25 @@ def make_server_dnsfunc(server):
     def dnsfunc(name, timeout=5):
         if isinstance(name, bytes):
             name = name.decode("ascii", "replace")
-        query = dns.message.make_query(name, dns.rdatatype.TXT)
-        query.flags &= ~dns.flags.RD
-        response = dns.query.udp(query, host, port=int(port), timeout=timeout)
-        if response.flags & dns.flags.TC:
-            response = dns.query.tcp(query, host, port=int(port), timeout=timeout)
-        if response.rcode() != dns.rcode.NOERROR:
-            return None
-        for rrset in response.answer:
-            if rrset.rdtype == dns.rdatatype.TXT:
-                for rdata in rrset:
-                    return b"".join(rdata.strings)
+        # Follows CNAMEs the way a recursive resolver would (the two-selector model).
+        for _ in range(8):
+            query = dns.message.make_query(name, dns.rdatatype.TXT)
+            query.flags &= ~dns.flags.RD
+            response = dns.query.udp(query, host, port=int(port), timeout=timeout)
+            if response.flags & dns.flags.TC:
+                response = dns.query.tcp(query, host, port=int(port), timeout=timeout)
+            if response.rcode() != dns.rcode.NOERROR:
+                return None
+            target = None
+            for rrset in response.answer:
+                if rrset.rdtype == dns.rdatatype.TXT:
+                    for rdata in rrset:
+                        return b"".join(rdata.strings)
+                if rrset.rdtype == dns.rdatatype.CNAME:
+                    target = rrset[0].target.to_text()
+            if target is None:
+                return None
+            name = target
         return None
 
     import dns.flags  # noqa: F401  (used above through dns.flags)

@@ -11,7 +11,7 @@
  * IPV4:PORT (a test's own authoritative server on an ephemeral port): libopendkim's query
  * hooks (dkim_dns_set_query_start/waitreply) send each query there with the system resolver
  * library (res_nsend, UDP then TCP on truncation). MESSAGE is a delivered message (LF or CRLF
- * line ends).
+ * line ends). Build: cc … $(pkg-config --cflags --libs opendkim) -lresolv
  *
  * Prints one line per DKIM-Signature, in header order:
  *   d=<domain> s=<selector> a=<algorithm> c=<hdr>/<body>: pass
@@ -44,6 +44,30 @@
 static struct __res_state dns_state;
 static int dns_answer_len;
 
+static int cname_depth;
+
+/* Whether the answer holds a CNAME and no TXT; the CNAME's target goes into `target`. */
+static bool cname_only(const unsigned char *answer, int len, char *target, size_t size)
+{
+	ns_msg msg;
+	ns_rr rr;
+	bool cname = false;
+
+	if (ns_initparse(answer, len, &msg) != 0)
+		return false;
+	for (int i = 0; i < ns_msg_count(msg, ns_s_an); i++) {
+		if (ns_parserr(&msg, ns_s_an, i, &rr) != 0)
+			return false;
+		if (ns_rr_type(rr) == ns_t_txt)
+			return false;
+		if (ns_rr_type(rr) == ns_t_cname &&
+		    ns_name_uncompress(ns_msg_base(msg), ns_msg_end(msg), ns_rr_rdata(rr), target,
+		                       size) >= 0)
+			cname = true;
+	}
+	return cname;
+}
+
 static int dns_query_start(void *srv, int type, unsigned char *query, unsigned char *buf,
                            size_t buflen, void **qh)
 {
@@ -59,6 +83,17 @@ static int dns_query_start(void *srv, int type, unsigned char *query, unsigned c
 	dns_answer_len = res_nsend(&dns_state, packet, n, buf, (int) buflen);
 	if (dns_answer_len < 0)
 		return DKIM_DNS_ERROR;
+	/* An answer that is only a CNAME (its target in another zone) is followed, as a
+	 * recursive resolver would: the two-selector CNAME model. */
+	char target[NS_MAXDNAME];
+	if (type == ns_t_txt && cname_only(buf, dns_answer_len, target, sizeof target) &&
+	    cname_depth < 8) {
+		int rc;
+		cname_depth++;
+		rc = dns_query_start(srv, type, (unsigned char *) target, buf, buflen, qh);
+		cname_depth--;
+		return rc;
+	}
 	*qh = &dns_answer_len;
 	return DKIM_DNS_SUCCESS;
 }
