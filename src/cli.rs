@@ -169,12 +169,13 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     if config.signing.is_empty() {
         tracing::warn!("no [domain] or [signature] entries: nothing will be signed");
     }
-    // A rotated signature signs with the key its state made active, from the first message.
-    let selections = crate::rotation::recorded_selections(&config)
-        .context("cannot read the key rotation state")?;
     let runtime = Runtime::with_environment(config, env);
-    runtime.rotation.selected().replace(selections);
     runtime_builder()?.block_on(async move {
+        // A rotated signature signs with the key its state made active, from the first message.
+        let selections = crate::rotation::recorded_selections(&runtime.config)
+            .await
+            .context("cannot read the key rotation state")?;
+        runtime.rotation.selected().replace(selections);
         // Load every key once at startup: problems show in the log now, not on the first message.
         for status in crate::check::key_statuses(&runtime).await {
             if let Err(e) = &status.status {
@@ -220,11 +221,14 @@ fn check(
     for w in &config.signing.warnings {
         println!("warning: {w}");
     }
-    // A rotated signature is checked with the key its rotation state made active.
-    let selections = crate::rotation::recorded_selections(&config).unwrap_or_default();
     let runtime = Runtime::with_environment(config, env);
-    runtime.rotation.selected().replace(selections);
     let tokio = runtime_builder()?;
+    // A rotated signature is checked with the key its rotation state made active.
+    let selections = tokio.block_on(crate::rotation::recorded_selections(&runtime.config));
+    runtime
+        .rotation
+        .selected()
+        .replace(selections.unwrap_or_default());
     let statuses = tokio.block_on(crate::check::key_statuses(&runtime));
     if statuses.is_empty() {
         println!("no signing entries: nothing will be signed");
@@ -253,7 +257,7 @@ fn check(
     if failed > 0 {
         println!("{failed} of {} keys not usable", statuses.len());
     }
-    let rotation_ok = crate::rotation::command::print_states(&runtime.config, &[]);
+    let rotation_ok = tokio.block_on(crate::rotation::command::print_states(&runtime.config, &[]));
     let dns_ok = match dns {
         Some(server) => tokio.block_on(check_dns(&runtime, server))?,
         None => true,

@@ -499,7 +499,7 @@ async fn a_restart_mid_rotation_resumes_from_the_state_without_a_second_key() {
     // (still s1), then adopts the key it finds for k1, publishes and activates it.
     let restarted = TestMilter::start(&[], "", &table).await;
     let config = Config::load(&restarted.dir.path().join("signet-milter.toml")).unwrap();
-    let selections = rotation::recorded_selections(&config).unwrap();
+    let selections = rotation::recorded_selections(&config).await.unwrap();
     assert_eq!(selections.get(&label()).map(String::as_str), Some("s1"));
     restarted
         .runtime
@@ -772,4 +772,110 @@ async fn the_two_selector_cname_model_updates_only_the_delegated_zone() {
     let (ok, report) = verify_opendkim_at(&raw, bind.addr);
     assert!(ok, "{report}");
     milter.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_milters_sharing_one_vault_share_one_schedule_and_make_each_key_once() {
+    let Some(bao) = OpenBao::start() else { return };
+    let first = generate(KeyKind::Ed25519).unwrap();
+    bao.put_key("secret/dkim/example.com/s1", "key", &first.private_pem());
+    let bind = Bind::start(&[(
+        "example.com",
+        &[txt_line("s1._domainkey", &first.key.dns_record())],
+    )]);
+    // Two hosts: each its own state directory (for records.zone), one state in Vault.
+    let table = |root: &Path| {
+        let section = rotation_section(
+            root,
+            &[bind.addr],
+            bind.addr,
+            &bind.tsig_key_file,
+            "check_interval = \"1h\"\nrotate_after = \"30d\"\nactivate_after = \"0s\"\nconfirmations = 1\noverlap = \"1d\"",
+        )
+        .replacen(
+            "[rotation]\n",
+            "[rotation]\nstate_vault = { mount = \"secret\", path = \"signet/rotation\" }\n",
+            1,
+        );
+        format!(
+            "[vault]\naddress = \"{}\"\ntoken = \"{}\"\n\
+             [domain.\"example.com\"]\nselector = \"s1\"\nkey = {{ vault_mount = \"secret\", vault_path = \"dkim/{{domain}}/{{selector}}\" }}\n{section}",
+            bao.addr,
+            common::openbao::ROOT_TOKEN,
+        )
+    };
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestMilter::start(&[], "", &table(root_a.path())).await;
+    let b = TestMilter::start(&[], "", &table(root_b.path())).await;
+    let (mut rotator_a, mut rotator_b) = (
+        Rotator::new(a.runtime.clone()),
+        Rotator::new(b.runtime.clone()),
+    );
+
+    // Both asked to rotate at the same moment: whatever the interleaving, each selector's
+    // key is written once, and both end up on the same schedule.
+    let both = [label()];
+    tokio::join!(rotator_a.round(Some(&both)), rotator_b.round(Some(&both)));
+    let conflicts = a.runtime.load().env.metrics.rotation_failures("state")
+        + b.runtime.load().env.metrics.rotation_failures("state");
+    println!("check-and-set conflicts in the simultaneous round: {conflicts}");
+    rotator_a.round(None).await;
+    rotator_b.round(None).await;
+    let state_json = bao.cli(&[
+        "kv",
+        "get",
+        "-field=state",
+        "secret/signet/rotation/example.com/domain",
+    ]);
+    let state: SlotState = serde_json::from_str(&state_json).unwrap();
+    let made: Vec<&str> = state
+        .keys
+        .iter()
+        .filter(|k| !k.bootstrap)
+        .map(|k| k.selector.as_str())
+        .collect();
+    assert!(
+        !made.is_empty() && state.counter as usize == made.len(),
+        "{state:#?}"
+    );
+    let listed = bao.cli(&["kv", "list", "secret/dkim/example.com"]);
+    for selector in &made {
+        assert!(listed.contains(selector), "{selector} stored: {listed}");
+        let metadata = bao.cli(&[
+            "kv",
+            "metadata",
+            "get",
+            &format!("secret/dkim/example.com/{selector}"),
+        ]);
+        assert!(
+            !metadata.contains("Version 2"),
+            "{selector} written once: {metadata}"
+        );
+    }
+    let secrets = listed
+        .lines()
+        .filter(|l| l.starts_with('s') || l.starts_with('k'))
+        .count();
+    assert_eq!(
+        secrets,
+        made.len() + 1,
+        "no key outside the state: {listed}"
+    );
+    // Neither host keeps state of its own.
+    assert!(!root_a.path().join("state/example.com/domain.json").exists());
+    assert!(!root_b.path().join("state/example.com/domain.json").exists());
+
+    // Both sign with the one active key, and it verifies against DNS.
+    let active = state.active().unwrap().selector.clone();
+    assert_ne!(active, "s1");
+    let message = Message::simple("alice@example.com");
+    for milter in [&a, &b] {
+        let mut conn = milter.connect(loopback()).await;
+        let sent = send(&mut conn, &[], &message).await;
+        assert_eq!(selectors(&sent), [active.clone()]);
+        let (ok, report) = verify_opendkim_at(&message.delivered(&sent.inserted), bind.addr);
+        assert!(ok, "{report}");
+    }
+    a.stop().await;
+    b.stop().await;
 }

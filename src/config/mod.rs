@@ -330,7 +330,7 @@ impl Config {
             Some(spanned) => {
                 let span = spanned.span();
                 let (settings, domains, signatures) = spanned.into_inner().validate(span, &at)?;
-                rotation::check_entries(&domains, &signatures, &signing, &at)?;
+                rotation::check_entries(&settings, &domains, &signatures, &signing, &at)?;
                 Some(settings)
             }
         };

@@ -66,6 +66,9 @@ pub struct RotationSettings {
     /// `[signature."…"]` entries (with a fixed `domain`) whose key rotates.
     pub signatures: Vec<String>,
     pub state_directory: PathBuf,
+    /// Keep the state in Vault (KV v2, check-and-set) instead of `state_directory`, so that
+    /// several milters sharing the keys share one schedule.
+    pub state_vault: Option<StateVault>,
     pub check_interval: Duration,
     pub rotate_after: Duration,
     pub activate_after: Duration,
@@ -85,6 +88,15 @@ pub struct RotationSettings {
     /// Where a key's TXT record lives (`{selector}._domainkey.{domain}`, or a CNAME target).
     pub record_name: Template,
     pub dns_update: Option<DnsUpdateSettings>,
+}
+
+/// `[rotation] state_vault`: where in Vault the rotation state lives (one secret per rotated
+/// signature under `path`, field `state`), through the `[vault]` connection settings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateVault {
+    pub mount: String,
+    pub path: String,
 }
 
 /// `[rotation.dns_update]`: RFC 2136 dynamic updates signed with TSIG.
@@ -109,6 +121,7 @@ pub(super) struct RawRotation {
     #[serde(default)]
     signatures: Vec<Spanned<String>>,
     state_directory: Option<PathBuf>,
+    state_vault: Option<Spanned<StateVault>>,
     #[serde(default, with = "humantime_serde_compat::option")]
     check_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde_compat::option")]
@@ -332,6 +345,24 @@ impl RawRotation {
                 })
             }
         };
+        let state_vault = match self.state_vault {
+            None => None,
+            Some(v) => {
+                let span = v.span();
+                let v = v.into_inner();
+                let bad = |s: &str| s.trim_matches('/').is_empty() || s.contains("..");
+                if bad(&v.mount) || bad(&v.path) {
+                    return Err(at(
+                        Some(span),
+                        "[rotation] state_vault needs a mount and a path (e.g. { mount = \"secret\", path = \"signet/rotation\" })".into(),
+                    ));
+                }
+                Some(StateVault {
+                    mount: v.mount.trim_matches('/').to_string(),
+                    path: v.path.trim_matches('/').to_string(),
+                })
+            }
+        };
         let settings = RotationSettings {
             domains: self.domains.iter().map(|d| d.get_ref().clone()).collect(),
             signatures: self
@@ -342,6 +373,7 @@ impl RawRotation {
             state_directory: self
                 .state_directory
                 .unwrap_or_else(|| DEFAULT_STATE_DIRECTORY.into()),
+            state_vault,
             check_interval,
             rotate_after,
             activate_after,
@@ -395,11 +427,13 @@ fn validate_selector_pattern(pattern: &str) -> Result<(), String> {
 /// own place (a file path or a Vault path with `{selector}`), so that a new key never
 /// overwrites the one that signs.
 pub(super) fn check_entries(
+    settings: &RotationSettings,
     domains: &[Spanned<String>],
     signatures: &[Spanned<String>],
     table: &super::SigningTable,
     at: At<'_>,
 ) -> Result<(), super::ConfigError> {
+    let shared = settings.state_vault.is_some();
     use super::{SignatureLabel, SigningDomain};
     let mut seen = std::collections::BTreeSet::new();
     for name in domains {
@@ -419,7 +453,7 @@ pub(super) fn check_entries(
                 format!("[rotation] domains names \"{text}\", but there is no [domain.\"{text}\"]"),
             )
         })?;
-        check_key(template, &label, name.span(), at)?;
+        check_key(template, &label, name.span(), shared, at)?;
         if !seen.insert(label) {
             return Err(at(
                 Some(name.span()),
@@ -446,7 +480,7 @@ pub(super) fn check_entries(
                 ),
             ));
         }
-        check_key(template, &label, name.span(), at)?;
+        check_key(template, &label, name.span(), shared, at)?;
         if !seen.insert(label) {
             return Err(at(
                 Some(name.span()),
@@ -461,10 +495,12 @@ fn check_key(
     template: &super::SignerTemplate,
     label: &super::SignatureLabel,
     span: std::ops::Range<usize>,
+    shared_state: bool,
     at: At<'_>,
 ) -> Result<(), super::ConfigError> {
     use super::keysource::{KeySource, KvVersion};
     let problem = match &template.key {
+        KeySource::File(_) if shared_state => Some("with state_vault the milters share one schedule, so their keys must be shared too: keep them in Vault".to_string()),
         KeySource::File(path) if path.mentions_selector() => None,
         KeySource::File(_) => Some("its key file path has no {selector}, so a new key would overwrite the one that signs (use filename = \"/var/lib/signet-milter/keys/{domain}/{selector}.key\")".to_string()),
         KeySource::Vault(v) if v.kv_version == Some(KvVersion::V1) => Some("its key is in a KV version 1 mount; rotation writes new keys with check-and-set, which needs KV version 2".into()),

@@ -5,7 +5,8 @@
 use super::keystore;
 use super::publish::Publisher;
 use super::service::{Rotator, format_ms};
-use super::state::{Phase, SlotState, StateDir};
+use super::state::{Phase, SlotState};
+use super::store::Store;
 use super::{Slot, slots};
 use crate::config::Config;
 use crate::config::rotation::RetiredPrivateKey;
@@ -52,9 +53,9 @@ pub async fn run(
                 })
         }
         Action::Cancel => cancel(&current, &chosen).await?,
-        Action::Rollback => rollback(&current, &chosen)?,
+        Action::Rollback => rollback(&current, &chosen).await?,
     };
-    let shown = print_states(&current.config, domains);
+    let shown = print_states(&current.config, domains).await;
     Ok(ok && shown)
 }
 
@@ -83,13 +84,13 @@ fn settings(config: &Config) -> anyhow::Result<&crate::config::RotationSettings>
 
 async fn cancel(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
     let settings = settings(&runtime.config)?;
-    let store = StateDir::new(&settings.state_directory);
-    let lock = store.lock(true)?;
+    let vault = Arc::new(VaultPool::new(&runtime.config.keys.vault));
+    let store = Store::new(settings, vault.clone());
+    let lock = store.local.lock(true)?;
     let publisher = Publisher::new(settings.dns_update.as_ref()).map_err(anyhow::Error::msg)?;
-    let vault = VaultPool::new(&runtime.config.keys.vault);
     let mut ok = true;
     for slot in chosen {
-        let Some(mut state) = store.load(&slot.domain, &slot.label)? else {
+        let Some((mut state, mut version)) = store.load(&slot.domain, &slot.label).await? else {
             continue;
         };
         let Some(pending) = state.pending().cloned() else {
@@ -116,7 +117,7 @@ async fn cancel(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
                 &slot.domain,
                 &pending.selector,
                 RetiredPrivateKey::Delete,
-                &store,
+                &store.local,
                 &vault,
             )
             .await
@@ -126,7 +127,7 @@ async fn cancel(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
             }
         }
         state.keys.retain(|k| k.selector != pending.selector);
-        store.save(&lock, &state)?;
+        store.save(&lock, &state, &mut version).await?;
         tracing::info!(domain = %slot.domain, entry = %slot.label, "rotation: pending key {} cancelled by the operator", pending.selector);
         println!(
             "{} {}: pending key {} cancelled",
@@ -136,14 +137,15 @@ async fn cancel(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-fn rollback(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
+async fn rollback(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
     let settings = settings(&runtime.config)?;
-    let store = StateDir::new(&settings.state_directory);
-    let lock = store.lock(true)?;
+    let vault = Arc::new(VaultPool::new(&runtime.config.keys.vault));
+    let store = Store::new(settings, vault);
+    let lock = store.local.lock(true)?;
     let now = super::clock::wall_ms();
     let mut ok = true;
     for slot in chosen {
-        let Some(mut state) = store.load(&slot.domain, &slot.label)? else {
+        let Some((mut state, mut version)) = store.load(&slot.domain, &slot.label).await? else {
             continue;
         };
         let Some(previous) = state
@@ -172,7 +174,7 @@ fn rollback(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
                 key.activated_ms = Some(now);
             }
         }
-        store.save(&lock, &state)?;
+        store.save(&lock, &state, &mut version).await?;
         let undone = undone.unwrap_or_else(|| "-".into());
         tracing::info!(domain = %slot.domain, entry = %slot.label, "rotation: rolled back by the operator: {previous} active again, {undone} retiring");
         println!(
@@ -185,19 +187,19 @@ fn rollback(runtime: &Runtime, chosen: &[Slot]) -> anyhow::Result<bool> {
 
 /// Prints the state of every rotated signature (of `domains`, when given); returns `false`
 /// when a state file cannot be read.
-pub fn print_states(config: &Config, domains: &[String]) -> bool {
+pub async fn print_states(config: &Config, domains: &[String]) -> bool {
     let Some(settings) = &config.rotation else {
         return true;
     };
-    let store = StateDir::new(&settings.state_directory);
+    let store = Store::new(settings, Arc::new(VaultPool::new(&config.keys.vault)));
     let mut rows: Vec<[String; 5]> = Vec::new();
     let mut ok = true;
     for slot in slots(config) {
         if !domains.is_empty() && !domains.iter().any(|d| d.eq_ignore_ascii_case(&slot.domain)) {
             continue;
         }
-        match store.load(&slot.domain, &slot.label) {
-            Ok(Some(state)) => rows.extend(state_rows(&slot, &state)),
+        match store.load(&slot.domain, &slot.label).await {
+            Ok(Some((state, _))) => rows.extend(state_rows(&slot, &state)),
             Ok(None) => rows.push([
                 slot.domain.clone(),
                 slot.label.to_string(),

@@ -15,6 +15,7 @@ pub mod keystore;
 pub mod publish;
 pub mod service;
 pub mod state;
+pub mod store;
 
 use crate::config::{
     Config, RotationSettings, SignatureLabel, SignerTemplate, SigningDomain, SigningTable,
@@ -191,20 +192,21 @@ fn slots_of(settings: &RotationSettings, table: &SigningTable) -> Vec<Slot> {
         .collect()
 }
 
-/// The active selectors recorded in the state directory, for a milter that starts: it must
-/// sign with the key the rotation activated, not the one the configuration first named.
-/// A signature that never rotated has no entry (its configured selector signs). A state file
-/// that cannot be read is an error: guessing could sign with a revoked key.
-pub fn recorded_selections(
+/// The active selectors the rotation state records, for a milter that starts: it must sign
+/// with the key the rotation activated, not the one the configuration first named. A
+/// signature that never rotated has no entry (its configured selector signs). State that
+/// cannot be read is an error: guessing could sign with a revoked key.
+pub async fn recorded_selections(
     config: &Config,
 ) -> Result<BTreeMap<SignatureLabel, String>, state::StateError> {
     let mut out = BTreeMap::new();
     let Some(settings) = &config.rotation else {
         return Ok(out);
     };
-    let store = state::StateDir::new(&settings.state_directory);
+    let vault = Arc::new(crate::keys::vault::VaultPool::new(&config.keys.vault));
+    let store = store::Store::new(settings, vault);
     for slot in slots(config) {
-        if let Some(state) = store.load(&slot.domain, &slot.label)?
+        if let Some((state, _)) = store.load(&slot.domain, &slot.label).await?
             && let Some(active) = state.active()
         {
             out.insert(slot.label, active.selector.clone());

@@ -17,6 +17,7 @@ use super::gate::Gate;
 use super::keystore;
 use super::publish::{Publisher, revoked_value, zone_line};
 use super::state::{KeyRecord, Phase, SlotState, StateDir, StateError, StateLock};
+use super::store::Store;
 use super::{Slot, slots};
 use crate::config::rotation::{RetiredRecord, SelectorScheme};
 use crate::config::{RotationSettings, SignatureLabel};
@@ -100,7 +101,7 @@ impl Rotator {
                     let runtime = self.runtime.load_full();
                     let now = state_fingerprint(&runtime.config);
                     if now != seen {
-                        follow_state(&runtime);
+                        follow_state(&runtime).await;
                         seen = now;
                     }
                 }
@@ -121,8 +122,9 @@ impl Rotator {
         };
         let now = (self.wall)();
         let skew = self.clock.observe(now, Instant::now());
-        let store = StateDir::new(&settings.state_directory);
-        let lock = match store.lock(force.is_some()) {
+        let vault = self.vault(&runtime);
+        let store = Store::new(&settings, vault.clone());
+        let lock = match store.local.lock(force.is_some()) {
             Ok(lock) => lock,
             Err(StateError::Busy { .. }) => return Vec::new(),
             Err(e) => {
@@ -139,7 +141,6 @@ impl Rotator {
                 return Vec::new();
             }
         };
-        let vault = self.vault(&runtime);
         let mut reports = Vec::new();
         let previous = runtime.rotation.selected().load();
         let mut selections = BTreeMap::new();
@@ -157,6 +158,8 @@ impl Rotator {
                 metrics: &metrics,
                 slot: &slot,
                 now,
+                version: 0,
+                conflicted: false,
                 events: Vec::new(),
             };
             let state = step.run(skew, forced).await;
@@ -221,6 +224,10 @@ fn state_fingerprint(config: &crate::config::Config) -> Vec<Option<(std::time::S
     let Some(settings) = &config.rotation else {
         return Vec::new();
     };
+    if settings.state_vault.is_some() {
+        // Nothing local to watch: rounds read the shared state every check_interval.
+        return Vec::new();
+    }
     let store = StateDir::new(&settings.state_directory);
     slots(config)
         .iter()
@@ -232,8 +239,8 @@ fn state_fingerprint(config: &crate::config::Config) -> Vec<Option<(std::time::S
 }
 
 /// Takes the active selectors the state files record into the signing view.
-fn follow_state(runtime: &Runtime) {
-    match super::recorded_selections(&runtime.config) {
+async fn follow_state(runtime: &Runtime) {
+    match super::recorded_selections(&runtime.config).await {
         Ok(selections) => {
             let mut merged = runtime.rotation.selected().load().selectors.clone();
             merged.extend(selections);
@@ -251,7 +258,7 @@ fn follow_state(runtime: &Runtime) {
 struct Step<'a> {
     runtime: &'a Runtime,
     settings: &'a RotationSettings,
-    store: &'a StateDir,
+    store: &'a Store,
     lock: &'a StateLock,
     publisher: &'a Publisher,
     vault: &'a VaultPool,
@@ -260,6 +267,10 @@ struct Step<'a> {
     metrics: &'a Metrics,
     slot: &'a Slot,
     now: u64,
+    /// The version the state was read at (Vault state; 0 for a file).
+    version: u64,
+    /// Another milter changed the state since it was read: no further step this round.
+    conflicted: bool,
     events: Vec<String>,
 }
 
@@ -275,11 +286,22 @@ impl Step<'_> {
         self.events.push(text);
     }
 
-    fn save(&mut self, state: &SlotState) -> bool {
-        match self.store.save(self.lock, state) {
+    async fn save(&mut self, state: &SlotState) -> bool {
+        if self.conflicted {
+            return false;
+        }
+        let mut version = self.version;
+        match self.store.save(self.lock, state, &mut version).await {
             Ok(()) => {
+                self.version = version;
                 self.write_zone_fragment(state);
                 true
+            }
+            Err(e @ StateError::Conflict { .. }) => {
+                self.conflicted = true;
+                self.metrics.rotation_failure("state");
+                self.event(false, e.to_string());
+                false
             }
             Err(e) => {
                 self.metrics.rotation_failure("state");
@@ -299,12 +321,15 @@ impl Step<'_> {
     }
 
     async fn run(&mut self, skew: Option<Skew>, forced: bool) -> Option<SlotState> {
-        let mut state = match self.store.load(&self.slot.domain, &self.slot.label) {
-            Ok(Some(state)) => state,
+        let mut state = match self.store.load(&self.slot.domain, &self.slot.label).await {
+            Ok(Some((state, version))) => {
+                self.version = version;
+                state
+            }
             Ok(None) => {
                 let state = self.bootstrap().await;
-                if !self.save(&state) {
-                    return None;
+                if !self.save(&state).await {
+                    return self.reread().await;
                 }
                 state
             }
@@ -323,7 +348,7 @@ impl Step<'_> {
         }
         let timed = self.now >= state.hold_until_ms;
         // Each step works on what the one before left; a step that cannot finish returns.
-        if self.start_next_key(&mut state, timed)
+        if self.start_next_key(&mut state, timed).await
             && self.store_key(&mut state).await
             && self.publish(&mut state).await
         {
@@ -333,8 +358,19 @@ impl Step<'_> {
             self.revoke_retired(&mut state).await;
             self.remove_revoked(&mut state).await;
         }
-        self.save(&state);
+        if self.conflicted || !self.save(&state).await {
+            return self.reread().await;
+        }
         Some(state)
+    }
+
+    /// The state as stored, after a write that did not happen (another milter's step, or a
+    /// failure): the view must follow what is recorded, not what this round wanted.
+    async fn reread(&mut self) -> Option<SlotState> {
+        match self.store.load(&self.slot.domain, &self.slot.label).await {
+            Ok(found) => found.map(|(state, _)| state),
+            Err(_) => None,
+        }
     }
 
     /// The state of a signature seen for the first time: its configured key is active.
@@ -391,7 +427,7 @@ impl Step<'_> {
     }
 
     /// Step 1. Returns whether there is a pending key to work on.
-    fn start_next_key(&mut self, state: &mut SlotState, timed: bool) -> bool {
+    async fn start_next_key(&mut self, state: &mut SlotState, timed: bool) -> bool {
         if state.pending().is_some() {
             state.rotate_now = false;
             return true;
@@ -434,7 +470,7 @@ impl Step<'_> {
             bootstrap: false,
         });
         // The selector is written down before its key exists, so a crash cannot make two.
-        if !self.save(state) {
+        if !self.save(state).await {
             state.keys.pop();
             return false;
         }
@@ -476,7 +512,7 @@ impl Step<'_> {
                     key.stored = true;
                     key.record = Some(record);
                 }
-                if !self.save(state) {
+                if !self.save(state).await {
                     return false;
                 }
                 let source = self
@@ -525,7 +561,7 @@ impl Step<'_> {
                 if let Some(key) = state.key_mut(&pending.selector) {
                     key.published_ms = Some(self.now);
                 }
-                if !self.save(state) {
+                if !self.save(state).await {
                     return false;
                 }
                 self.event(false, format!("record of {}: {how}", pending.selector));
@@ -626,9 +662,9 @@ impl Step<'_> {
                 key.activated_ms = Some(self.now);
             }
         }
-        if !self.save(state) {
+        if !self.save(state).await {
             // Not recorded, so not in effect: back to what the file says.
-            if let Ok(Some(on_disk)) = self.store.load(&self.slot.domain, &self.slot.label) {
+            if let Some(on_disk) = self.reread().await {
                 *state = on_disk;
             }
             return;
@@ -687,7 +723,7 @@ impl Step<'_> {
                         k.phase = Phase::Revoked;
                         k.revoked_ms = Some(self.now);
                     }
-                    if self.save(state) {
+                    if self.save(state).await {
                         self.metrics.rotation_transition(Phase::Revoked);
                         self.event(
                             false,
@@ -756,7 +792,7 @@ impl Step<'_> {
                     &self.slot.domain,
                     &key.selector,
                     self.settings.retired_private_key,
-                    self.store,
+                    &self.store.local,
                     self.vault,
                 )
                 .await
@@ -764,7 +800,7 @@ impl Step<'_> {
             match disposed {
                 Ok(how) => {
                     state.keys.retain(|k| k.selector != key.selector);
-                    if self.save(state) {
+                    if self.save(state).await {
                         self.event(
                             false,
                             format!(
@@ -813,6 +849,7 @@ impl Step<'_> {
         }
         let path = self
             .store
+            .local
             .subdir(&[&state.domain])
             .join(match &self.slot.label {
                 SignatureLabel::Domain(_) => "records.zone".to_string(),

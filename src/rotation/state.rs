@@ -153,6 +153,30 @@ pub enum StateError {
     Corrupt { path: PathBuf, reason: String },
     #[error("rotation state {} is in use by another signet-milter (try again)", path.display())]
     Busy { path: PathBuf },
+    #[error("rotation state in Vault at {what}: {reason}")]
+    Vault { what: String, reason: String },
+    #[error(
+        "rotation state in Vault at {what} was changed by another milter since it was read; this round leaves it alone"
+    )]
+    Conflict { what: String },
+}
+
+/// Parses a state file's text; `path` names it in errors.
+pub(crate) fn parse_state(text: &str, path: impl Fn() -> PathBuf) -> Result<SlotState, StateError> {
+    let state: SlotState = serde_json::from_str(text).map_err(|e| StateError::Corrupt {
+        path: path(),
+        reason: e.to_string(),
+    })?;
+    if state.format != FORMAT {
+        return Err(StateError::Corrupt {
+            path: path(),
+            reason: format!(
+                "format {} (this version reads format {FORMAT})",
+                state.format
+            ),
+        });
+    }
+    Ok(state)
 }
 
 /// The state directory.
@@ -242,20 +266,7 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Io { path, source }),
         };
-        let state: SlotState = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        if state.format != FORMAT {
-            return Err(StateError::Corrupt {
-                path,
-                reason: format!(
-                    "format {} (this version reads format {FORMAT})",
-                    state.format
-                ),
-            });
-        }
-        Ok(Some(state))
+        parse_state(&text, || path.clone()).map(Some)
     }
 
     /// Replaces the state of one signature atomically; needs the lock.
@@ -275,7 +286,7 @@ impl StateDir {
 }
 
 /// `[domain."x"]` / `[signature."x"]` back into a label (the state file names its entry).
-fn parse_label(entry: &str) -> SignatureLabel {
+pub(crate) fn parse_label(entry: &str) -> SignatureLabel {
     let inner = |prefix: &str| {
         entry
             .strip_prefix(prefix)
@@ -290,7 +301,7 @@ fn parse_label(entry: &str) -> SignatureLabel {
 }
 
 /// Domain names and entry names as one path component: no separators, no dot files.
-fn file_safe(name: &str) -> String {
+pub(crate) fn file_safe(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .map(|c| {
