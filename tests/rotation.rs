@@ -872,7 +872,7 @@ async fn two_milters_sharing_one_vault_share_one_schedule_and_make_each_key_once
     for milter in [&a, &b] {
         let mut conn = milter.connect(loopback()).await;
         let sent = send(&mut conn, &[], &message).await;
-        assert_eq!(selectors(&sent), [active.clone()]);
+        assert_eq!(selectors(&sent), vec![active.clone()]);
         let (ok, report) = verify_opendkim_at(&message.delivered(&sent.inserted), bind.addr);
         assert!(ok, "{report}");
     }

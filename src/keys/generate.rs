@@ -61,16 +61,21 @@ pub fn generate(kind: KeyKind) -> Result<GeneratedKey, KeyParseError> {
 
 /// The zone-file line for the public key, split into 255-byte strings as DNS requires.
 pub fn zone_record(domain: &str, selector: &str, key: &PrivateKey) -> String {
-    let value = key.dns_record();
+    zone_line(
+        &format!("{selector}._domainkey.{domain}"),
+        &key.dns_record(),
+    )
+}
+
+/// A zone-file TXT line for `name` (without the final dot), the value split into strings of
+/// at most 255 bytes.
+pub fn zone_line(name: &str, value: &str) -> String {
     let parts: Vec<String> = value
         .as_bytes()
         .chunks(255)
         .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
         .collect();
-    format!(
-        "{selector}._domainkey.{domain}. IN TXT ( {} )",
-        parts.join(" ")
-    )
+    format!("{name}. IN TXT ( {} )", parts.join(" "))
 }
 
 /// Writes `dir/domain/selector.key` (mode 0600, never overwriting) and `dir/domain/selector.dns`

@@ -7,6 +7,7 @@
 
 use crate::config::Template;
 use crate::config::rotation::DnsUpdateSettings;
+pub use crate::keys::generate::zone_line;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use dns_update::{DnsRecord, DnsRecordType, DnsUpdater, TsigAlgorithm};
@@ -130,16 +131,6 @@ impl Rfc2136 {
             )),
         }
     }
-}
-
-/// A zone-file line, the value split into strings of at most 255 bytes.
-pub fn zone_line(name: &str, value: &str) -> String {
-    let parts: Vec<String> = value
-        .as_bytes()
-        .chunks(255)
-        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
-        .collect();
-    format!("{name}. IN TXT ( {} )", parts.join(" "))
 }
 
 /// The record that says a key is revoked: the key's tags with `p=` emptied.
