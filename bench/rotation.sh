@@ -68,12 +68,12 @@ echo "|---|---:|---:|---:|"
 for rep in 1 2 3; do
     for variant in plain rotated; do
         json=$(run "$variant-$rep" "$WORK/$variant.toml")
-        /usr/bin/python3 -c '
+        /usr/bin/python3 - "$json" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
 assert r["errors"] == 0, r
-print(f"| {r[\"label\"]} | {r[\"msgs_per_s\"]:.0f} | {r[\"eom_p99_ms\"]:.2f} | {r[\"milter_cpu_ms_per_msg\"]:.3f} |")
-' "$json"
+print("| %s | %.0f | %.2f | %.3f |" % (r["label"], r["msgs_per_s"], r["eom_p99_ms"], r["milter_cpu_ms_per_msg"]))
+PY
     done
 done
 echo

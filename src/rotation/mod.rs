@@ -22,7 +22,7 @@ use crate::config::{
 };
 use crate::policy::{Plan, PlannedSignature};
 use arc_swap::ArcSwap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// The active selector of every rotated signature, as the rotation state says; shared by every
@@ -68,7 +68,8 @@ pub struct ActiveKeys {
 #[derive(Default)]
 struct Built {
     generation: u64,
-    templates: BTreeMap<SignatureLabel, Arc<SignerTemplate>>,
+    /// Hashed: one lookup per signature whatever the number of rotated domains.
+    templates: HashMap<SignatureLabel, Arc<SignerTemplate>>,
 }
 
 impl ActiveKeys {
@@ -78,7 +79,7 @@ impl ActiveKeys {
             built: ArcSwap::from_pointee(Built {
                 // Never a real generation: the first use builds.
                 generation: u64::MAX,
-                templates: BTreeMap::new(),
+                templates: HashMap::new(),
             }),
         }
     }
