@@ -1,7 +1,7 @@
 //! Does every key a message can be signed with work right now? Used by `check` (every key
 //! loaded, on every core); the startup pass is [`crate::keys::warm`].
 
-use crate::inventory::{self, KeyLocation, KeyUse};
+use crate::inventory::{KeyLocation, KeyUse};
 use crate::keys::{Custody, SigningKey};
 use crate::runtime::Runtime;
 use futures_util::StreamExt as _;
@@ -77,7 +77,7 @@ impl KeyStatus {
 /// Resolves every key of the inventory through the runtime's key store (which also warms its
 /// cache), [`CHECK_CONCURRENCY`] at a time; the statuses come back in inventory order.
 pub async fn key_statuses(runtime: &Runtime) -> Vec<KeyStatus> {
-    let keys = inventory::signing_keys(&runtime.config.signing);
+    let keys = runtime.rotation.inventory(&runtime.config.signing);
     futures_util::stream::iter(&keys)
         .map(|key| key_status(runtime, key))
         .buffered(CHECK_CONCURRENCY)

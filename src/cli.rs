@@ -137,6 +137,25 @@ enum Command {
         #[arg(long, value_name = "PATH", requires = "pkcs11_key")]
         pkcs11_pin_file: Option<PathBuf>,
     },
+    /// Key rotation: start the next key now, undo a pending one, or go back to the previous key.
+    ///
+    /// Without an action, shows the state of every rotated signature. The running milter picks
+    /// up any change at its next rotation round ([rotation] check_interval).
+    Rotate {
+        /// The signing domain(s) to act on; default: every rotated signature.
+        #[arg(long = "domain", value_name = "DOMAIN")]
+        domains: Vec<String>,
+        /// Start the next key now (generate, store, publish), whatever the age of the active one.
+        #[arg(long, conflicts_with_all = ["cancel", "rollback"])]
+        now: bool,
+        /// Drop the pending key: its record is removed and its private key deleted.
+        #[arg(long, conflicts_with = "rollback")]
+        cancel: bool,
+        /// Sign with the retiring key again (its record is still published); the key that was
+        /// active becomes retiring, so messages it signed keep verifying.
+        #[arg(long)]
+        rollback: bool,
+    },
     /// Write the manual pages (signet-milter.8 and one per command) into a directory.
     #[command(hide = true)]
     Man {
@@ -261,6 +280,23 @@ pub fn main_with(env: Environment) -> ExitCode {
                 )),
             }
         }
+        Command::Rotate {
+            domains,
+            now,
+            cancel,
+            rollback,
+        } => {
+            let action = if now {
+                crate::rotation::command::Action::Now
+            } else if cancel {
+                crate::rotation::command::Action::Cancel
+            } else if rollback {
+                crate::rotation::command::Action::Rollback
+            } else {
+                crate::rotation::command::Action::Show
+            };
+            rotate(&cli.config, env, &domains, action)
+        }
         Command::Man { out } => crate::manpage::write_pages(Cli::command(), &out)
             .map(|_| ExitCode::SUCCESS)
             .with_context(|| format!("cannot write the manual pages into {}", out.display())),
@@ -333,6 +369,12 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     // large signing table).
     crate::memory::release_free_memory();
     runtime_builder()?.block_on(async move {
+        // A rotated signature signs with the key its state made active, from the first message
+        // (the state is a local file, or Vault with its timeout).
+        let selections = crate::rotation::recorded_selections(&runtime.config)
+            .await
+            .context("cannot read the key rotation state")?;
+        runtime.rotation.selected().replace(selections);
         // Serve first: no key is fetched before the socket is bound, so a hung key backend
         // cannot keep the milter from starting (keys are warmed in the background below).
         let listener = server::bind(&runtime.config.milter).await?;
@@ -346,6 +388,8 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
         let shared = Arc::new(ArcSwap::from_pointee(runtime));
         let warming = Arc::new(Warming::default());
         server::spawn_reload_on_sighup(config_path.to_owned(), shared.clone(), warming.clone())?;
+        // Always running: a reload may add [rotation]; without it a round does nothing.
+        crate::rotation::service::Rotator::new(shared.clone()).spawn();
         tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), "signet-milter listening");
         // READY=1 means: the socket accepts and the configuration is in force. Keys still
         // warming or failing do not hold it back; their messages get on_error.
@@ -398,6 +442,12 @@ fn check(
     }
     let runtime = Runtime::with_environment(config, env);
     let tokio = runtime_builder()?;
+    // A rotated signature is checked with the key its rotation state made active.
+    let selections = tokio.block_on(crate::rotation::recorded_selections(&runtime.config));
+    runtime
+        .rotation
+        .selected()
+        .replace(selections.unwrap_or_default());
     let statuses = tokio.block_on(crate::check::key_statuses(&runtime));
     if statuses.is_empty() {
         say!("no signing entries: nothing will be signed");
@@ -446,12 +496,13 @@ fn check(
     if records {
         tokio.block_on(print_records(&runtime))?;
     }
+    let rotation_ok = tokio.block_on(crate::rotation::command::print_states(&runtime.config, &[]));
     let dns_ok = match dns {
         Some(server) => tokio.block_on(check_dns(&runtime, server))?,
         None => true,
     };
     let mta_ok = check_mtas(&runtime.config, mta)?;
-    Ok(exit_code(failed == 0 && dns_ok && mta_ok))
+    Ok(exit_code(failed == 0 && dns_ok && rotation_ok && mta_ok))
 }
 
 fn exit_code(ok: bool) -> ExitCode {
@@ -545,31 +596,8 @@ fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
 }
 
 fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> anyhow::Result<()> {
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: [&str; N]| {
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i == N - 1 {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(*header);
-    for row in rows {
-        line(row.each_ref().map(String::as_str));
-    }
     std::io::stdout()
-        .write_all(out.as_bytes())
+        .write_all(crate::table::render(header, rows).as_bytes())
         .context("cannot write to stdout")
 }
 
@@ -707,6 +735,35 @@ fn explain(config_path: &Path, env: Arc<Environment>, envelope: Envelope) -> Exi
             ExitCode::from(2)
         }
     }
+}
+
+fn rotate(
+    config_path: &Path,
+    env: Arc<Environment>,
+    domains: &[String],
+    action: crate::rotation::command::Action,
+) -> anyhow::Result<ExitCode> {
+    let config = load(config_path, &env)?;
+    if config.rotation.is_none() {
+        bail!(
+            "{}: no [rotation] section: no key rotates",
+            config_path.display()
+        );
+    }
+    // What it does is printed; the log adds only warnings (SIGNET_LOG for more).
+    let mut quiet = config.log.clone();
+    quiet.level = crate::config::LogLevel::parse("warn").map_err(anyhow::Error::msg)?;
+    crate::logging::init(&quiet);
+    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::with_environment(
+        config, env,
+    )));
+    let ok =
+        runtime_builder()?.block_on(crate::rotation::command::run(runtime, domains, action))?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn keygen(kind: KeyKind, domain: &str, selector: &str, out: &Path) -> anyhow::Result<ExitCode> {

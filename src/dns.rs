@@ -92,6 +92,13 @@ impl Dns {
     }
 }
 
+impl Dns {
+    /// The resolver itself, for lookups other than TXT (key rotation's NS lookups).
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+}
+
 /// `127.0.0.1:5353`, or `the system's resolvers`.
 pub fn asked(server: Option<SocketAddr>) -> String {
     server.map_or("the system's resolvers".to_string(), |s| s.to_string())

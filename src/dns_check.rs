@@ -5,7 +5,7 @@
 
 use crate::config::Algo;
 use crate::dns::{LookupError, TxtLookup};
-use crate::inventory::{self, KeyLocation, SignAs};
+use crate::inventory::{KeyLocation, SignAs};
 use crate::keys::SigningKey;
 use crate::runtime::Runtime;
 use base64::Engine as _;
@@ -117,7 +117,7 @@ impl fmt::Display for Published {
 pub async fn check_published_keys(runtime: &Runtime, dns: &impl TxtLookup) -> Vec<PublishedKey> {
     let mut unreachable: Option<String> = None;
     let mut out = Vec::new();
-    for planned in inventory::signing_keys(&runtime.config.signing) {
+    for planned in runtime.rotation.inventory(&runtime.config.signing) {
         let (key, status) = match (&planned.domain, &planned.key) {
             (SignAs::Domain(domain), KeyLocation::Known(source)) => {
                 match runtime.keys.get(source).await {
@@ -145,6 +145,15 @@ pub async fn check_published_keys(runtime: &Runtime, dns: &impl TxtLookup) -> Ve
         });
     }
     out
+}
+
+/// Looks up the TXT records at `name` (a record name such as `s1._domainkey.example.com`, or
+/// the target of its CNAME) and compares them with `key`.
+pub async fn lookup_name(dns: &impl TxtLookup, name: &str, key: &SigningKey) -> Published {
+    match dns.txt(name).await {
+        Ok(records) => compare(&records, key),
+        Err(LookupError::NoAnswer(why) | LookupError::Failed(why)) => Published::LookupFailed(why),
+    }
 }
 
 async fn lookup(

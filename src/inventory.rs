@@ -70,7 +70,33 @@ pub enum KeyLocation {
     PerMessage(String),
 }
 
+/// Where the key of `template` is when it signs as `domain`.
+fn key_location(template: &SignerTemplate, domain: &SignAs) -> KeyLocation {
+    match domain {
+        SignAs::Domain(d) => KeyLocation::Known(template.key.resolve(d, &template.selector)),
+        SignAs::AuthorOf { .. } if template.key.depends_on_domain() => KeyLocation::PerMessage(
+            template
+                .key
+                .resolve(PER_MESSAGE_DOMAIN, &template.selector)
+                .to_string(),
+        ),
+        SignAs::AuthorOf { .. } => {
+            KeyLocation::Known(template.key.resolve(PER_MESSAGE_DOMAIN, &template.selector))
+        }
+    }
+}
+
 impl KeyUse {
+    /// The same use, signed with `signature` instead (key rotation's active selector): its key
+    /// is found again.
+    pub fn with_signature(self, signature: Arc<SignerTemplate>) -> KeyUse {
+        KeyUse {
+            key: key_location(&signature, &self.domain),
+            signature,
+            ..self
+        }
+    }
+
     pub fn selector(&self) -> &str {
         &self.signature.selector
     }
@@ -192,22 +218,7 @@ impl Found {
                 continue;
             }
             planned.push((domain.clone(), &template.selector));
-            let key = match &domain {
-                SignAs::Domain(d) => {
-                    KeyLocation::Known(template.key.resolve(d, &template.selector))
-                }
-                SignAs::AuthorOf { .. } if template.key.depends_on_domain() => {
-                    KeyLocation::PerMessage(
-                        template
-                            .key
-                            .resolve(PER_MESSAGE_DOMAIN, &template.selector)
-                            .to_string(),
-                    )
-                }
-                SignAs::AuthorOf { .. } => {
-                    KeyLocation::Known(template.key.resolve(PER_MESSAGE_DOMAIN, &template.selector))
-                }
-            };
+            let key = key_location(template, &domain);
             self.add(KeyUse {
                 used_by: used_by.clone(),
                 signature: template.clone(),

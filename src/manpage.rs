@@ -35,6 +35,11 @@ The configuration; see \fBsignet-milter.toml\fR(5).
 Private keys, by default \fIDOMAIN\fB/\fISELECTOR\fB.key\fR, mode 0600, owned by the
 \fBsignet-milter\fR user.
 .TP
+.I /var/lib/signet-milter/
+Key rotation: its state (\fBrotation/\fR, one JSON file per rotated signature, and
+\fIDOMAIN\fB/records.zone\fR, the records DNS should hold), archived keys
+(\fBrotation/archive/\fR), and the keys it generates where the configuration puts them there.
+.TP
 .I /run/signet-milter/signet-milter.sock
 The default milter socket.
 .SH ENVIRONMENT

@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Which domains have series of their own.
 #[derive(Default)]
@@ -160,8 +161,32 @@ pub struct Metrics {
     key_lookups: Family<Labels<2>, Counter>,
     key_fetch_errors: Family<Labels<1>, Counter>,
     key_fetch_seconds: Family<Labels<1>, Histogram, fn() -> Histogram>,
+    rotation_keys: Family<Labels<1>, Gauge>,
+    rotation_oldest_pending: Gauge,
+    rotation_oldest_active: Gauge,
+    rotation_transitions: Family<Labels<1>, Counter>,
+    rotation_failures: Family<Labels<1>, Counter>,
+    /// The latest rotation round, for `/healthz`.
+    rotation: Mutex<Option<RotationSummary>>,
     /// A configuration is loaded and the milter socket is accepting connections.
     ready: AtomicBool,
+}
+
+/// Keys of rotated signatures by phase, after the latest rotation round. Counts and ages
+/// over all domains, so the metrics stay a fixed handful of series however many domains
+/// rotate; `check` and the logs name the domains.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RotationSummary {
+    pub pending: usize,
+    pub active: usize,
+    pub retiring: usize,
+    pub revoked: usize,
+    /// Pending keys older than `pending_warning` (their record is still not served everywhere).
+    pub pending_overdue: usize,
+    /// Rotated signatures whose state could not be read.
+    pub unreadable: usize,
+    pub oldest_pending: Option<Duration>,
+    pub oldest_active: Option<Duration>,
 }
 
 impl Default for Metrics {
@@ -258,8 +283,44 @@ impl Metrics {
             "Time to fetch and parse a key, by backend",
             key_fetch_seconds.clone(),
         );
+        let rotation_keys = Family::<Labels<1>, Gauge>::default();
+        registry.register(
+            "rotation_keys",
+            "Keys of rotated signatures by phase (pending, active, retiring, revoked)",
+            rotation_keys.clone(),
+        );
+        let rotation_oldest_pending = Gauge::default();
+        registry.register(
+            "rotation_oldest_pending_seconds",
+            "Age of the oldest key waiting for its record to be served everywhere (0: none)",
+            rotation_oldest_pending.clone(),
+        );
+        let rotation_oldest_active = Gauge::default();
+        registry.register(
+            "rotation_oldest_active_seconds",
+            "How long the longest-serving active key of a rotated signature has signed",
+            rotation_oldest_active.clone(),
+        );
+        let rotation_transitions = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "rotation_transitions",
+            "Rotation transitions by the phase a key entered",
+            rotation_transitions.clone(),
+        );
+        let rotation_failures = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "rotation_failures",
+            "Rotation steps that failed or were held back, by step (state, generate, publish, gate, revoke, remove, clock)",
+            rotation_failures.clone(),
+        );
         Metrics {
             registry,
+            rotation_keys,
+            rotation_oldest_pending,
+            rotation_oldest_active,
+            rotation_transitions,
+            rotation_failures,
+            rotation: Mutex::new(None),
             messages,
             signatures,
             domain_signatures,
@@ -395,6 +456,76 @@ impl Metrics {
             .get()
     }
 
+    pub fn rotation_failure(&self, step: &'static str) {
+        self.rotation_failures
+            .get_or_create(&[("step", step)])
+            .inc();
+    }
+
+    pub fn rotation_failures(&self, step: &'static str) -> u64 {
+        self.rotation_failures
+            .get_or_create(&[("step", step)])
+            .get()
+    }
+
+    pub fn rotation_transition(&self, phase: crate::rotation::state::Phase) {
+        self.rotation_transitions
+            .get_or_create(&[("phase", phase.as_str())])
+            .inc();
+    }
+
+    /// Records the latest rotation round.
+    pub fn set_rotation(&self, summary: RotationSummary) {
+        let set = |phase: &'static str, n: usize| {
+            self.rotation_keys
+                .get_or_create(&[("phase", phase)])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("pending", summary.pending);
+        set("active", summary.active);
+        set("retiring", summary.retiring);
+        set("revoked", summary.revoked);
+        let secs = |d: Option<Duration>| {
+            i64::try_from(d.unwrap_or_default().as_secs()).unwrap_or(i64::MAX)
+        };
+        self.rotation_oldest_pending
+            .set(secs(summary.oldest_pending));
+        self.rotation_oldest_active.set(secs(summary.oldest_active));
+        *lock(&self.rotation) = Some(summary);
+    }
+
+    /// The `/healthz` text after `ok`: one line on rotation, and a warning line when a pending
+    /// key is overdue or a state file unreadable (the milter still signs: the active key does).
+    fn rotation_health(&self) -> String {
+        let guard = lock(&self.rotation);
+        let Some(s) = guard.as_ref() else {
+            return String::new();
+        };
+        let age = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{}s", d.as_secs()));
+        let mut out = format!(
+            "rotation: {} active (oldest {}), {} pending (oldest {}), {} retiring, {} revoked\n",
+            s.active,
+            age(s.oldest_active),
+            s.pending,
+            age(s.oldest_pending),
+            s.retiring,
+            s.revoked
+        );
+        if s.pending_overdue > 0 {
+            out.push_str(&format!(
+                "warning: {} pending key(s) not served by every DNS server after pending_warning\n",
+                s.pending_overdue
+            ));
+        }
+        if s.unreadable > 0 {
+            out.push_str(&format!(
+                "warning: {} rotated signature(s) with unreadable state\n",
+                s.unreadable
+            ));
+        }
+        out
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
@@ -493,7 +624,10 @@ fn respond<B>(metrics: &Metrics, request: &hyper::Request<B>) -> hyper::Response
         ),
         (&hyper::Method::GET, "/healthz") if metrics.is_ready() => {
             let (ok, failed, pending) = metrics.key_states();
-            let body = format!("ok\nkeys: {ok} ok, {failed} failed, {pending} pending\n");
+            let body = format!(
+                "ok\nkeys: {ok} ok, {failed} failed, {pending} pending\n{}",
+                metrics.rotation_health()
+            );
             (200, "text/plain", body)
         }
         (&hyper::Method::GET, "/healthz") => (503, "text/plain", "not ready\n".to_string()),
@@ -555,6 +689,43 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("c.example"), "{text}");
+    }
+
+    #[test]
+    fn rotation_shows_in_the_metrics_and_in_healthz() {
+        let m = Metrics::new();
+        assert_eq!(m.rotation_health(), "", "nothing said without rotation");
+        m.set_rotation(RotationSummary {
+            pending: 1,
+            active: 3,
+            retiring: 1,
+            pending_overdue: 1,
+            oldest_pending: Some(Duration::from_secs(90_000)),
+            oldest_active: Some(Duration::from_secs(86_400)),
+            ..RotationSummary::default()
+        });
+        m.rotation_failure("publish");
+        let text = m.encode();
+        for line in [
+            "signet_rotation_keys{phase=\"active\"} 3",
+            "signet_rotation_keys{phase=\"pending\"} 1",
+            "signet_rotation_oldest_pending_seconds 90000",
+            "signet_rotation_failures_total{step=\"publish\"} 1",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        m.set_ready(true);
+        let request = hyper::Request::get("/healthz").body(()).unwrap();
+        assert_eq!(respond(&m, &request).status(), 200);
+        let health = m.rotation_health();
+        assert!(
+            health.starts_with("rotation: 3 active (oldest 86400s), 1 pending (oldest 90000s), 1 retiring, 0 revoked\n"),
+            "{health}"
+        );
+        assert!(
+            health.contains("warning: 1 pending key(s) not served"),
+            "{health}"
+        );
     }
 
     #[test]

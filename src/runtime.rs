@@ -8,6 +8,7 @@ use crate::keys::Backends;
 use crate::keys::cache::KeyCache;
 use crate::keys::callback::CallbackRegistry;
 use crate::metrics::Metrics;
+use crate::rotation::{ActiveKeys, Selected};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ pub struct Runtime {
     /// configuration, so a reload asks again.
     pub authorizer: Authorizer,
     pub env: Arc<Environment>,
+    /// The selectors key rotation made active; kept across reloads.
+    pub rotation: ActiveKeys,
 }
 
 impl Runtime {
@@ -34,6 +37,11 @@ impl Runtime {
     }
 
     pub fn with_environment(config: Config, env: Arc<Environment>) -> Self {
+        Self::with_selected(config, env, Arc::new(Selected::default()))
+    }
+
+    /// A runtime that follows the key rotation state `selected` (which a reload carries over).
+    fn with_selected(config: Config, env: Arc<Environment>, selected: Arc<Selected>) -> Self {
         let keys = Arc::new(KeyCache::new(
             config.keys.cache.clone(),
             key_capacity(&config),
@@ -46,6 +54,7 @@ impl Runtime {
             keys,
             authorizer,
             env,
+            rotation: ActiveKeys::new(selected),
         }
     }
 
@@ -54,6 +63,7 @@ impl Runtime {
     /// warm, Vault sessions stay logged in, and stale keys stay available (in a larger cache
     /// when the configuration outgrew the old one). The file is read and checked on tokio's
     /// blocking pool: a large one takes a while, and the workers go on serving meanwhile.
+    /// The key rotation state always carries over.
     pub async fn reload(&self, path: &Path) -> Result<Self, ConfigError> {
         let config = {
             let file = path.to_owned();
@@ -65,9 +75,10 @@ impl Runtime {
                     error: std::io::Error::other("the configuration loading task failed"),
                 })??
         };
+        let selected = self.rotation.selected().clone();
         if config.keys != self.config.keys {
             tracing::info!("key settings changed: starting with an empty key cache");
-            return Ok(Self::with_environment(config, self.env.clone()));
+            return Ok(Self::with_selected(config, self.env.clone(), selected));
         }
         let capacity = key_capacity(&config);
         let keys = if capacity > self.keys.capacity() {
@@ -84,6 +95,7 @@ impl Runtime {
             config,
             keys,
             env: self.env.clone(),
+            rotation: ActiveKeys::new(selected),
         })
     }
 }

@@ -405,6 +405,11 @@ impl MessageSession {
             &self.runtime.config.signing,
             author.as_ref().map(|a| a.address.as_str()),
         );
+        // Rotated signatures sign with the selector active now (the rotation seam).
+        let plan = self
+            .runtime
+            .rotation
+            .apply(&self.runtime.config.signing, plan);
         self.report.entry = plan.entry;
         let no_signature = match &author {
             Ok(a) => NotSigned::NoEntry(a.domain.clone()),

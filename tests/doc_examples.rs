@@ -354,10 +354,44 @@ fn companions(header: &str, setting: &str) -> String {
     if header.starts_with("[callbacks.") && name == "timeout" {
         extra.push_str("command = [\"/bin/false\"]\n");
     }
+    if header == "[rotation.dns_update]" {
+        for (needed, value) in [
+            ("server", "\"192.0.2.53\""),
+            ("tsig_key_file", "\"/etc/signet-milter/dkim-update.key\""),
+        ] {
+            if name != needed {
+                extra.push_str(&format!("{needed} = {value}\n"));
+            }
+        }
+    }
+    if header == "[rotation]" && name != "domains" && name != "signatures" {
+        extra.push_str("domains = [\"example.com\"]\n");
+    }
     if header.starts_with("[signature.") && name != "domain" {
         extra.push_str("domain = \"signature.example\"\n");
     }
     extra
+}
+
+/// The tables a setting refers to, after it: a `[rotation]` setting rotates an entry whose key
+/// has a place per selector (in Vault when the state is in Vault).
+fn companion_tables(header: &str, setting: &str) -> String {
+    let name = setting.split(" = ").next().unwrap_or_default();
+    let key = if name == "state_vault" {
+        "key = { vault_mount = \"secret\", vault_path = \"dkim/{domain}/{selector}\" }\n"
+    } else {
+        "filename = \"/var/lib/signet-milter/keys/{domain}/{selector}.key\"\n"
+    };
+    match (header, name) {
+        ("[rotation]", "signatures") => {
+            format!("[signature.\"esp\"]\ndomain = \"esp.example\"\nselector = \"esp1\"\n{key}")
+        }
+        ("[rotation]", _) => format!("[domain.\"example.com\"]\nselector = \"s1\"\n{key}"),
+        ("[rotation.dns_update]", _) => format!(
+            "[rotation]\ndomains = [\"example.com\"]\n[domain.\"example.com\"]\nselector = \"s1\"\n{key}"
+        ),
+        _ => String::new(),
+    }
 }
 
 #[test]
@@ -384,10 +418,11 @@ fn every_commented_setting_of_the_reference_configuration_loads() {
                 file: "etc/signet-milter.toml".into(),
                 line: s.line,
                 text: format!(
-                    "{}\n{}{}\n",
+                    "{}\n{}{}\n{}",
                     s.header,
                     companions(&s.header, &s.setting),
-                    s.setting
+                    s.setting,
+                    companion_tables(&s.header, &s.setting)
                 ),
                 verbatim: false,
             };

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::bind::{Named, Zone};
+use common::dns::{Named, Zone};
 use common::{Message, TestMilter, assert_verifies_everywhere, loopback, send};
 use indymilter_test::Status;
 use signet_milter::keys::generate::KeyKind;
@@ -134,17 +134,10 @@ fn keygen_explain_and_check_dns_use_the_a_label() {
 
     // The record, published under the A-label only; a lookup of any other form finds nothing.
     let value = std::fs::read_to_string(keys.join("xn--bcher-kva.example/s1.dns")).unwrap();
-    let chunks: Vec<String> = value
-        .trim()
-        .as_bytes()
-        .chunks(200)
-        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
-        .collect();
-    let named = Named::start(&[Zone {
-        origin: "xn--bcher-kva.example",
-        records: &format!("s1._domainkey IN TXT {}", chunks.join(" ")),
-    }]);
-    let server = named.addr.to_string();
+    let named = Named::builder()
+        .zone(Zone::new("xn--bcher-kva.example").txt("s1._domainkey", value.trim()))
+        .start();
+    let server = named.addr().to_string();
     let out = signet(&[
         "check",
         "--dns",

@@ -23,6 +23,7 @@ fn man_writes_a_page_per_command_from_the_cli_definition() {
             "signet-milter-check.8",
             "signet-milter-explain.8",
             "signet-milter-keygen.8",
+            "signet-milter-rotate.8",
             "signet-milter-run.8",
             "signet-milter-sign.8",
             "signet-milter-verify.8",

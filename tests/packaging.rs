@@ -54,3 +54,22 @@ fn the_packaged_configuration_signs_nothing_and_fits_the_unit() {
         "systemd must not kill the milter while it lets messages finish"
     );
 }
+
+#[test]
+fn the_default_rotation_state_is_in_the_units_state_directory() {
+    let unit =
+        std::fs::read_to_string(Path::new(REPO).join("packaging/signet-milter.service")).unwrap();
+    let state = Path::new("/var/lib").join(unit_value(&unit, "StateDirectory"));
+    assert!(
+        Path::new(signet_milter::config::rotation::DEFAULT_STATE_DIRECTORY).starts_with(&state),
+        "the service can write its rotation state"
+    );
+    for script in ["packaging/debian/postinst", "packaging/rpm/post.sh"] {
+        let text = std::fs::read_to_string(Path::new(REPO).join(script)).unwrap();
+        assert!(
+            text.contains(&state.display().to_string()),
+            "{script} makes {}",
+            state.display()
+        );
+    }
+}

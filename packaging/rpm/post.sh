@@ -5,6 +5,10 @@
 if [ ! -e /etc/signet-milter/keys ]; then
     install -d -m 0750 -o signet-milter -g signet-milter /etc/signet-milter/keys
 fi
+# Key rotation's state and generated keys (the unit's StateDirectory=).
+if [ ! -e /var/lib/signet-milter ]; then
+    install -d -m 0750 -o signet-milter -g signet-milter /var/lib/signet-milter
+fi
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || :
     if [ "$1" -eq 1 ]; then

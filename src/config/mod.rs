@@ -11,6 +11,7 @@ pub mod authorization;
 mod environment;
 mod error;
 pub mod keysource;
+pub mod rotation;
 mod signing;
 mod template;
 mod values;
@@ -18,6 +19,7 @@ mod values;
 pub use authorization::{AuthorizationMode, AuthorizationSettings};
 pub use environment::check_environment;
 pub use error::ConfigError;
+pub use rotation::RotationSettings;
 pub use signing::{
     DEFAULT_HEADERS, DomainMatch, Recipe, SignatureLabel, SignerTemplate, SigningDomain,
     SigningTable, normalize_domain,
@@ -51,6 +53,8 @@ pub struct Config {
     /// `[authorization]`: which domains an authenticated login may sign for.
     pub authorization: AuthorizationSettings,
     pub signing: SigningTable,
+    /// `[rotation]`: the entries whose keys rotate, and how.
+    pub rotation: Option<RotationSettings>,
 }
 
 /// The settings that make up the key cache and its backends: `[keys]`, `[cache]`, `[vault]`,
@@ -290,6 +294,7 @@ struct RawConfig {
     domain: BTreeMap<String, toml::Spanned<signing::RawDomain>>,
     #[serde(default)]
     signature: BTreeMap<String, toml::Spanned<signing::RawSignature>>,
+    rotation: Option<toml::Spanned<rotation::RawRotation>>,
 }
 
 impl Config {
@@ -399,6 +404,15 @@ impl Config {
             &callback_names,
             &at,
         )?;
+        let rotation = match raw.rotation {
+            None => None,
+            Some(spanned) => {
+                let span = spanned.span();
+                let (settings, domains, signatures) = spanned.into_inner().validate(span, &at)?;
+                rotation::check_entries(&settings, &domains, &signatures, &signing, &at)?;
+                Some(settings)
+            }
+        };
 
         let mut signing = signing;
         if let Some(capacity) = cache.capacity
@@ -424,6 +438,7 @@ impl Config {
             metrics: raw.metrics.unwrap_or_default(),
             authorization,
             signing,
+            rotation,
         })
     }
 }

@@ -147,7 +147,7 @@ impl Params {
 }
 
 /// Which entry produced a signature, for logs and `check`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SignatureLabel {
     Domain(String),
     Signature(String),
@@ -187,7 +187,7 @@ pub enum SigningDomain {
 /// entries that end up with the same parameters share (100,000 domains that only inherit
 /// `[base]` hold one recipe). The recipe's fields read as the template's own
 /// (`template.selector`).
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SignerTemplate {
     pub label: SignatureLabel,
     pub recipe: Arc<Recipe>,
@@ -201,7 +201,7 @@ impl std::ops::Deref for SignerTemplate {
 }
 
 /// One fully merged signature recipe. Turning it into a signature needs only the author domain.
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Recipe {
     pub domain: SigningDomain,
     pub selector: String,
@@ -375,6 +375,19 @@ impl SigningTable {
     /// `[domain]` plus `[signature]` entries.
     pub fn entry_count(&self) -> usize {
         self.domains.len() + self.signatures.len()
+    }
+
+    /// The entry a label names (found through the lookup maps, not by a walk of the table).
+    pub fn entry(&self, label: &SignatureLabel) -> Option<&Arc<SignerTemplate>> {
+        match label {
+            SignatureLabel::Domain(name) => match DomainPattern::parse(name).ok()? {
+                DomainPattern::Mailbox { address, .. } => self.mailbox.get(&address),
+                DomainPattern::Exact(d) => self.exact.get(&d),
+                DomainPattern::Wildcard(d) => self.wildcard.get(&d),
+                DomainPattern::CatchAll => self.catch_all.as_ref(),
+            },
+            SignatureLabel::Signature(name) => self.signatures.get(name),
+        }
     }
 }
 

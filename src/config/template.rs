@@ -99,6 +99,11 @@ impl Template {
         out
     }
 
+    /// Whether the rendered text depends on the selector (each rotated key has its own).
+    pub fn mentions_selector(&self) -> bool {
+        self.segments.contains(&Segment::Selector)
+    }
+
     /// Whether the rendered text depends on the domain (a wildcard entry's key differs per subdomain).
     pub fn mentions_domain(&self) -> bool {
         self.segments.contains(&Segment::Domain)

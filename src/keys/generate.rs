@@ -62,16 +62,21 @@ pub fn generate(kind: KeyKind) -> Result<GeneratedKey, KeyParseError> {
 
 /// The zone-file line for the public key, split into 255-byte strings as DNS requires.
 pub fn zone_record(domain: &str, selector: &str, key: &SigningKey) -> String {
-    let value = key.dns_record();
+    zone_line(
+        &format!("{selector}._domainkey.{domain}"),
+        &key.dns_record(),
+    )
+}
+
+/// A zone-file TXT line for `name` (without the final dot), the value split into strings of
+/// at most 255 bytes.
+pub fn zone_line(name: &str, value: &str) -> String {
     let parts: Vec<String> = value
         .as_bytes()
         .chunks(255)
         .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
         .collect();
-    format!(
-        "{selector}._domainkey.{domain}. IN TXT ( {} )",
-        parts.join(" ")
-    )
+    format!("{name}. IN TXT ( {} )", parts.join(" "))
 }
 
 /// Writes `dir/domain/selector.key` (mode 0600, never overwriting) and `dir/domain/selector.dns`
@@ -83,34 +88,41 @@ pub fn write_key_files(
     generated: &GeneratedKey,
 ) -> std::io::Result<(PathBuf, PathBuf)> {
     let domain_dir = dir.join(domain);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(&domain_dir)?;
     let key_path = domain_dir.join(format!("{selector}.key"));
+    write_private_key(&key_path, generated).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{} already exists; not overwriting a key",
+                    key_path.display()
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
+    let dns_path = domain_dir.join(format!("{selector}.dns"));
+    std::fs::write(&dns_path, format!("{}\n", generated.key.dns_record()))?;
+    Ok((key_path, dns_path))
+}
+
+/// Writes the private key as PKCS#8 PEM to `path` (mode 0600, its directory 0750 if new), and
+/// never over an existing file (`AlreadyExists`).
+pub fn write_private_key(path: &Path, generated: &GeneratedKey) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)?;
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&key_path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "{} already exists; not overwriting a key",
-                        key_path.display()
-                    ),
-                )
-            } else {
-                e
-            }
-        })?;
+        .open(path)?;
     file.write_all(generated.private_pem().as_bytes())?;
-    file.sync_all()?;
-    let dns_path = domain_dir.join(format!("{selector}.dns"));
-    std::fs::write(&dns_path, format!("{}\n", generated.key.dns_record()))?;
-    Ok((key_path, dns_path))
+    file.sync_all()
 }
 
 #[cfg(test)]

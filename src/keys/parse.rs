@@ -215,9 +215,11 @@ mod tests {
         }
     }
 
-    /// PKCS#8 PrivateKeyInfo ends with the OCTET STRING holding the PKCS#1 key (no attributes here).
+    /// PKCS#8 PrivateKeyInfo ends with the OCTET STRING holding the PKCS#1 key (no attributes
+    /// here). Its tag is the first `04 82` (the version and algorithm before it are fixed
+    /// bytes); searching from the end could land on those bytes inside the key (~2% of keys).
     fn extract_pkcs1(pkcs8: &[u8]) -> Vec<u8> {
-        let pos = pkcs8.windows(2).rposition(|w| w == [0x04, 0x82]).unwrap();
+        let pos = pkcs8.windows(2).position(|w| w == [0x04, 0x82]).unwrap();
         let len = u16::from_be_bytes([pkcs8[pos + 2], pkcs8[pos + 3]]) as usize;
         pkcs8[pos + 4..pos + 4 + len].to_vec()
     }

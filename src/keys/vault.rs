@@ -185,6 +185,86 @@ impl VaultPool {
         }
     }
 
+    /// Writes `text` into the source's field as a new secret, only if the path holds none yet
+    /// (KV v2 check-and-set 0): two writers of one path cannot both succeed, so a key rotation
+    /// run by two milters sharing one Vault makes one key. `Ok(false)`: the secret exists.
+    pub(crate) async fn create(
+        &self,
+        source: &VaultSource<String>,
+        text: &str,
+    ) -> Result<bool, VaultFailure> {
+        Ok(self.write_cas(source, text, 0).await?.is_some())
+    }
+
+    /// Writes `text` into the source's field if the secret's current version is `version`
+    /// (0: no secret yet). `Ok(None)`: someone else wrote it first.
+    pub(crate) async fn write_cas(
+        &self,
+        source: &VaultSource<String>,
+        text: &str,
+        version: u64,
+    ) -> Result<Option<u64>, VaultFailure> {
+        let client = self.client_for(source).await?;
+        let timeout = client.settings.timeout.unwrap_or(DEFAULT_VAULT_TIMEOUT);
+        let data = HashMap::from([(source.field.as_str(), text)]);
+        let cas = u32::try_from(version)
+            .map_err(|_| VaultFailure::Client("secret version out of range".into()))?;
+        let options = vaultrs::api::kv2::requests::SetSecretRequestOptions { cas };
+        match vaultrs::kv2::set_with_options(&*client, &source.mount, &source.path, &data, options)
+            .await
+            .map_err(|e| classify(e, timeout))
+        {
+            Ok(written) => Ok(Some(written.version)),
+            // "check-and-set parameter did not match the current version"
+            Err(VaultFailure::Status { code: 400, .. }) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The source's field and the secret's version, read together; `None` when there is none.
+    pub(crate) async fn read_versioned(
+        &self,
+        source: &VaultSource<String>,
+    ) -> Result<Option<(Zeroizing<String>, u64)>, VaultFailure> {
+        let client = self.client_for(source).await?;
+        let timeout = client.settings.timeout.unwrap_or(DEFAULT_VAULT_TIMEOUT);
+        let request = vaultrs::api::kv2::requests::ReadSecretRequest::builder()
+            .mount(source.mount.as_str())
+            .path(source.path.as_str())
+            .build()
+            .map_err(|e| VaultFailure::Client(e.to_string()))?;
+        let response = match vaultrs::api::exec_with_result(&*client, request).await {
+            Ok(response) => response,
+            Err(e) => match classify(e, timeout) {
+                VaultFailure::NotFound => return Ok(None),
+                other => return Err(other),
+            },
+        };
+        let data: HashMap<String, Value> = serde_json::from_value(response.data)
+            .map_err(|e| VaultFailure::BadResponse(e.to_string()))?;
+        let text = take_field(data, &source.field)?;
+        Ok(Some((text, response.metadata.version)))
+    }
+
+    /// Deletes every version of the source's secret (KV v2 metadata delete).
+    pub(crate) async fn destroy(&self, source: &VaultSource<String>) -> Result<(), VaultFailure> {
+        let client = self.client_for(source).await?;
+        let timeout = client.settings.timeout.unwrap_or(DEFAULT_VAULT_TIMEOUT);
+        vaultrs::kv2::delete_metadata(&*client, &source.mount, &source.path)
+            .await
+            .map_err(|e| classify(e, timeout))
+    }
+
+    async fn client_for(
+        &self,
+        source: &VaultSource<String>,
+    ) -> Result<Arc<VaultClient>, VaultFailure> {
+        let address = self
+            .address_for(source.address.as_ref())
+            .ok_or(VaultFailure::NoAddress)?;
+        self.session(address, source.token.clone())?.client().await
+    }
+
     fn session(
         &self,
         address: String,

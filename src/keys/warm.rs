@@ -18,7 +18,7 @@
 //! Problems are logged once per key source, with how many entries use it.
 
 use crate::config::keysource::ResolvedKeySource;
-use crate::inventory::{self, KeyLocation, KeyUse};
+use crate::inventory::{KeyLocation, KeyUse};
 use crate::keys::KeyError;
 use crate::runtime::Runtime;
 use futures_util::StreamExt as _;
@@ -63,7 +63,7 @@ struct Users {
 /// Checks or loads every configured key, as the module documentation says.
 pub async fn warm(runtime: Arc<Runtime>) -> WarmReport {
     let metrics = runtime.env.metrics.clone();
-    let sources = distinct_sources(inventory::signing_keys(&runtime.config.signing));
+    let sources = distinct_sources(runtime.rotation.inventory(&runtime.config.signing));
     metrics.keys_warming(sources.len());
     let (mut files, mut remote): (Vec<_>, Vec<_>) = sources
         .into_iter()

@@ -125,7 +125,7 @@ build_opendkim_verifier() {
     OPENDKIM_VERIFY=$WORK/opendkim_verify
     # shellcheck disable=SC2046 # pkg-config output is a list of flags
     cc -O1 -Wall -Wextra -Werror -o "$OPENDKIM_VERIFY" "$E2E_DIR/opendkim_verify.c" \
-        $(pkg-config --cflags --libs opendkim) || die "could not build the OpenDKIM verifier"
+        $(pkg-config --cflags --libs opendkim) -lresolv || die "could not build the OpenDKIM verifier"
     log "OpenDKIM verifier built against libopendkim $(pkg-config --modversion opendkim)"
 }
 

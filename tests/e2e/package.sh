@@ -84,6 +84,7 @@ cleanup() {
         dpkg --purge $SVC >/dev/null 2>&1
     fi
     rm -rf /etc/signet-milter "$RUNDIR"
+    rmdir /var/lib/signet-milter 2>/dev/null
     [[ $USER_EXISTED == 1 ]] || { getent passwd $SVC >/dev/null && deluser --quiet --system $SVC >/dev/null 2>&1; }
     [[ $GROUP_EXISTED == 1 ]] || { getent group $SVC >/dev/null && delgroup --quiet --system $SVC >/dev/null 2>&1; }
     if [[ $rc -ne 0 && -f $WORK/milter.log ]]; then
@@ -123,6 +124,7 @@ dpkg -i "$DEB"
 expect_perms /usr/sbin/signet-milter "root:root 755"
 expect_perms $CONF "root:$SVC 640"
 expect_perms $KEYS "$SVC:$SVC 750"
+expect_perms /var/lib/signet-milter "$SVC:$SVC 750"   # key rotation's state (StateDirectory=)
 grep -q " $CONF " <<<"$(dpkg-query -W -f='${Conffiles}\n' $SVC)" || die "$CONF is not a conffile"
 log "ok  $CONF is a conffile"
 IFS=: read -r _ _ uid gid _ home shell < <(getent passwd $SVC)
@@ -293,7 +295,8 @@ rm -rf /etc/signet-milter
 dpkg -i "$DEB" >/dev/null
 dpkg --purge $SVC >/dev/null
 [[ ! -e /etc/signet-milter ]] || die "purge left /etc/signet-milter: $(find /etc/signet-milter)"
-log "ok  /etc/signet-milter is gone"
+[[ ! -e /var/lib/signet-milter ]] || die "purge left an empty /var/lib/signet-milter"
+log "ok  /etc/signet-milter and /var/lib/signet-milter are gone"
 
 # ---------------------------------------------------------------------------------------------
 log "rpm: $(basename "$RPM")"
