@@ -369,12 +369,11 @@ fn run(config_path: &Path, env: Arc<Environment>) -> anyhow::Result<ExitCode> {
     // large signing table).
     crate::memory::release_free_memory();
     runtime_builder()?.block_on(async move {
-        // A rotated signature signs with the key its state made active, from the first message
-        // (the state is a local file, or Vault with its timeout).
-        let selections = crate::rotation::recorded_selections(&runtime.config)
-            .await
-            .context("cannot read the key rotation state")?;
-        runtime.rotation.selected().replace(selections);
+        // A rotated signature signs with the key its state made active, from the first
+        // message. A state that cannot be read (Vault down) does not keep the milter from
+        // serving: that signature gets on_error until a round reads it.
+        crate::rotation::load_startup_selections(&runtime.config, runtime.rotation.selected())
+            .await;
         // Serve first: no key is fetched before the socket is bound, so a hung key backend
         // cannot keep the milter from starting (keys are warmed in the background below).
         let listener = server::bind(&runtime.config.milter).await?;

@@ -428,7 +428,17 @@ impl MessageSession {
         for planned in plan.signatures {
             let state = match self.authorize(&planned, &other_from_domains).await {
                 Some(failure) => SignatureState::Failed(failure),
-                None => SignatureState::Pending,
+                None => match self.runtime.rotation.unknown(&planned.template.label) {
+                    Some(reason) => SignatureState::Failed(Failure {
+                        signature: Some((planned.domain.clone(), planned.selector().to_string())),
+                        error: SignFailure::Key(KeyError::RotationStateUnknown {
+                            label: planned.template.label.to_string(),
+                            reason,
+                        }),
+                        action: planned.template.on_error,
+                    }),
+                    None => SignatureState::Pending,
+                },
             };
             self.report.signatures.push(SignatureReport {
                 planned,

@@ -184,3 +184,71 @@ async fn an_operator_rotates_checks_runs_and_rolls_back_with_the_binary() {
     unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
     assert!(daemon.wait().unwrap().success());
 }
+
+/// A rotation state that cannot be read at startup (here a damaged state file; in production
+/// most often a Vault that does not answer) does not keep the milter from serving: the socket
+/// is bound, other domains sign, the rotated signature gets its on_error (which selector DNS
+/// serves is unknown, so no key is used), and once a round can read the state it signs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_rotation_state_at_startup_tempfails_only_that_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    for (domain, selector) in [("example.com", "s1"), ("example.org", "o1")] {
+        write_key_files(
+            &keys,
+            domain,
+            selector,
+            &generate(KeyKind::Ed25519).unwrap(),
+        )
+        .unwrap();
+    }
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("example.com")).unwrap();
+    let damaged = state.join("example.com/domain.json");
+    std::fs::write(&damaged, "{ not json").unwrap();
+    let socket = dir.path().join("milter.sock");
+    let config = dir.path().join("signet-milter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[milter]\nlisten = \"unix:{socket}\"\n[keys]\ndirectory = \"{keys}\"\n\
+             [domain.\"example.com\"]\nselector = \"s1\"\n[domain.\"example.org\"]\nselector = \"o1\"\n\
+             [rotation]\ndomains = [\"example.com\"]\nstate_directory = \"{state}\"\n\
+             dns_servers = [\"127.0.0.1:9\"]\ncheck_interval = \"1s\"\n",
+            socket = socket.display(),
+            keys = keys.display(),
+            state = state.display(),
+        ),
+    )
+    .unwrap();
+    let mut daemon = common::daemon::Daemon::start(&config);
+    daemon.expect_log("signet-milter listening");
+    let mut conn = connect(&socket).await;
+    let other = send(&mut conn, &[], &Message::simple("bob@example.org")).await;
+    assert_eq!(other.inserted.len(), 1, "another domain signs");
+    let rotated = send(&mut conn, &[], &Message::simple("alice@example.com")).await;
+    assert!(
+        matches!(rotated.status, indymilter_test::Status::Tempfail { .. }),
+        "{:?}",
+        rotated.status
+    );
+    assert!(rotated.inserted.is_empty());
+    daemon.expect_log("its key rotation state could not be read yet");
+
+    // Repaired (here: the damaged file moved away, so the rotation starts afresh with s1).
+    std::fs::remove_file(&damaged).unwrap();
+    let mut signed = None;
+    for _ in 0..100 {
+        let sent = send(&mut conn, &[], &Message::simple("alice@example.com")).await;
+        if !sent.inserted.is_empty() {
+            signed = Some(sent);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let signed = signed.expect("the rotated domain signs once its state can be read");
+    assert_eq!(selector_of(&signed), "s1");
+    drop(conn);
+    daemon.signal(libc::SIGTERM);
+    let _ = daemon.child.wait();
+}

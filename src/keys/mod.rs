@@ -62,6 +62,12 @@ pub enum KeyError {
     },
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// A rotated signature whose rotation state could not be read yet: which selector DNS
+    /// serves is unknown, so it does not sign rather than sign with a key nobody can verify.
+    #[error(
+        "{label}: its key rotation state could not be read yet ({reason}); no key is used until it is"
+    )]
+    RotationStateUnknown { label: String, reason: String },
 }
 
 impl KeyError {

@@ -30,6 +30,9 @@ use std::sync::Arc;
 #[derive(Default)]
 pub struct Selected {
     current: ArcSwap<Selections>,
+    /// Rotated signatures whose state could not be read since the milter started (and that
+    /// have no selector yet), with the reason: they do not sign until a round reads it.
+    unreadable: ArcSwap<BTreeMap<SignatureLabel, String>>,
 }
 
 #[derive(Default, Debug, PartialEq, Eq)]
@@ -42,6 +45,34 @@ pub struct Selections {
 impl Selected {
     pub fn load(&self) -> Arc<Selections> {
         self.current.load_full()
+    }
+
+    /// Marks `label`'s state unreadable, for `reason`.
+    pub fn set_unreadable(&self, label: SignatureLabel, reason: String) {
+        let mut unreadable = BTreeMap::clone(&self.unreadable.load());
+        unreadable.insert(label, reason);
+        self.unreadable.store(Arc::new(unreadable));
+    }
+
+    /// The states of `labels` were read: they sign by their selection again.
+    pub fn set_readable<'a>(&self, labels: impl IntoIterator<Item = &'a SignatureLabel>) {
+        if self.unreadable.load().is_empty() {
+            return;
+        }
+        let mut unreadable = BTreeMap::clone(&self.unreadable.load());
+        for label in labels {
+            unreadable.remove(label);
+        }
+        self.unreadable.store(Arc::new(unreadable));
+    }
+
+    /// Why `label` may not sign now: its state was never read and it has no selector.
+    pub fn unknown(&self, label: &SignatureLabel) -> Option<String> {
+        let unreadable = self.unreadable.load();
+        if unreadable.is_empty() || self.current.load().selectors.contains_key(label) {
+            return None;
+        }
+        unreadable.get(label).cloned()
     }
 
     /// Replaces the selections if they changed; returns whether they did.
@@ -132,6 +163,11 @@ impl ActiveKeys {
             .collect()
     }
 
+    /// Why the rotated signature `label` may not sign now (its state was never read), if so.
+    pub fn unknown(&self, label: &SignatureLabel) -> Option<String> {
+        self.selected.unknown(label)
+    }
+
     /// `planned` as it would be signed now.
     pub fn planned(&self, table: &SigningTable, planned: &PlannedSignature) -> PlannedSignature {
         PlannedSignature {
@@ -214,6 +250,40 @@ fn slots_of(settings: &RotationSettings, table: &SigningTable) -> Vec<Slot> {
 /// with the key the rotation activated, not the one the configuration first named. A
 /// signature that never rotated has no entry (its configured selector signs). State that
 /// cannot be read is an error: guessing could sign with a revoked key.
+/// At startup: the active selector of each rotated signature whose state can be read; each
+/// one whose state cannot be read (Vault unreachable, a damaged file) is marked unreadable in
+/// `selected` and logged, and does not sign until a later round reads it — the milter serves
+/// meanwhile.
+pub async fn load_startup_selections(config: &Config, selected: &Selected) {
+    let Some(settings) = &config.rotation else {
+        return;
+    };
+    let vault = Arc::new(crate::keys::vault::VaultPool::new(
+        &config.keys.vault,
+        config.keys.cache.negative_ttl,
+    ));
+    let store = store::Store::new(settings, vault);
+    let mut selectors = BTreeMap::new();
+    for slot in slots(config) {
+        match store.load(&slot.domain, &slot.label).await {
+            Ok(Some((state, _))) => {
+                if let Some(active) = state.active() {
+                    selectors.insert(slot.label, active.selector.clone());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(
+                    entry = %slot.label,
+                    "rotation: {e}; this signature gets on_error until its state can be read"
+                );
+                selected.set_unreadable(slot.label, e.to_string());
+            }
+        }
+    }
+    selected.replace(selectors);
+}
+
 pub async fn recorded_selections(
     config: &Config,
 ) -> Result<BTreeMap<SignatureLabel, String>, state::StateError> {

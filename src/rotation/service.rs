@@ -163,6 +163,12 @@ impl Rotator {
                 events: Vec::new(),
             };
             let state = step.run(skew, forced).await;
+            if state.is_some() {
+                runtime
+                    .rotation
+                    .selected()
+                    .set_readable(std::iter::once(&slot.label));
+            }
             match state.as_ref() {
                 Some(state) => {
                     if let Some(active) = state.active() {
@@ -245,6 +251,11 @@ fn state_fingerprint(config: &crate::config::Config) -> Vec<Option<(std::time::S
 async fn follow_state(runtime: &Runtime) {
     match super::recorded_selections(&runtime.config).await {
         Ok(selections) => {
+            let slots = super::slots(&runtime.config);
+            runtime
+                .rotation
+                .selected()
+                .set_readable(slots.iter().map(|s| &s.label));
             let mut merged = runtime.rotation.selected().load().selectors.clone();
             merged.extend(selections);
             if runtime.rotation.selected().replace(merged) {
