@@ -6,7 +6,7 @@ mod common;
 
 use common::{Message, TestMilter, closed_by_milter, idle_connection, loopback, send};
 use indymilter_test::Status;
-use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
+use signet_milter::keys::generate::KeyKind;
 use signet_milter::metrics::Closed;
 use std::time::Duration;
 
@@ -114,26 +114,8 @@ async fn idle_connections_close_after_idle_timeout_but_a_message_in_flight_stays
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_does_not_end_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    write_key_files(
-        &keys,
-        "example.com",
-        "s1",
-        &generate(KeyKind::Ed25519).unwrap(),
-    )
-    .unwrap();
-    let socket = dir.path().join("milter.sock");
-    let config = dir.path().join("signet-milter.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[milter]\nlisten = \"unix:{}\"\nmax_connections = 1000\n[keys]\ndirectory = \"{}\"\n\
-             [domain.\"example.com\"]\nselector = \"s1\"\n",
-            socket.display(),
-            keys.display()
-        ),
-    )
-    .unwrap();
+    let (config, socket) =
+        common::daemon::example_com_config(dir.path(), "max_connections = 1000", "");
     // About 20 descriptors go to the runtime, stdio and the listener: room for ~40 connections.
     let daemon = common::daemon::Daemon::start_with_file_limit(&config, 64);
     daemon.expect_log("the open-file limit allows only about");
@@ -156,7 +138,7 @@ async fn running_out_of_file_descriptors_does_not_end_the_server() {
     let sent = send(&mut conn, &[], &message).await;
     common::assert_verifies(
         &message.delivered(&sent.inserted),
-        &keys,
+        &dir.path().join("keys"),
         &[("example.com", "s1")],
     )
     .await;

@@ -163,25 +163,8 @@ fn monotonic_usec() -> i128 {
 #[tokio::test]
 async fn tells_systemd_its_state_and_finishes_a_message_in_flight_at_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    write_key_files(
-        &keys,
-        "example.com",
-        "s1",
-        &generate(KeyKind::Ed25519).unwrap(),
-    )
-    .unwrap();
-    let socket = dir.path().join("milter.sock");
-    let config = dir.path().join("signet-milter.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[milter]\nlisten = \"unix:{}\"\nshutdown_timeout = \"60s\"\n[keys]\ndirectory = \"{}\"\n[domain.\"example.com\"]\nselector = \"s1\"\n",
-            socket.display(),
-            keys.display()
-        ),
-    )
-    .unwrap();
+    let (config, socket) =
+        common::daemon::example_com_config(dir.path(), "shutdown_timeout = \"60s\"", "");
     let notify_path = dir.path().join("notify.sock");
     let systemd = NotifyListener::bind(&notify_path);
     let daemon = Daemon::start_with_env(&config, &[("NOTIFY_SOCKET", notify_path.as_os_str())]);

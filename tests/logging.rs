@@ -5,7 +5,6 @@
 
 mod common;
 
-use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,27 +24,12 @@ fn run_with_signet_log(
     signet_log: Option<&str>,
 ) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    write_key_files(
-        &keys,
-        "example.com",
-        "s1",
-        &generate(KeyKind::Ed25519).unwrap(),
-    )
-    .unwrap();
-    let socket = dir.path().join("milter.sock");
-    let config = dir.path().join("signet-milter.toml");
     // nokey.example has no key: a WARN line at startup.
-    std::fs::write(
-        &config,
-        format!(
-            "[milter]\nlisten = \"unix:{}\"\n[keys]\ndirectory = \"{}\"\n{log_section}\n\
-             [domain.\"example.com\"]\nselector = \"s1\"\n[domain.\"nokey.example\"]\nselector = \"s9\"\n",
-            socket.display(),
-            keys.display()
-        ),
-    )
-    .unwrap();
+    let (config, socket) = common::daemon::example_com_config(
+        dir.path(),
+        "",
+        &format!("{log_section}\n[domain.\"nokey.example\"]\nselector = \"s9\"\n"),
+    );
     let stderr_path = dir.path().join("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet-milter"));
@@ -196,28 +180,13 @@ fn a_signet_log_that_is_no_level_is_ignored_with_a_warning() {
 #[tokio::test]
 async fn client_values_cannot_forge_a_log_line() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    write_key_files(
-        &keys,
-        "example.com",
-        "s1",
-        &generate(KeyKind::Ed25519).unwrap(),
-    )
-    .unwrap();
-    let socket = dir.path().join("milter.sock");
-    let config = dir.path().join("signet-milter.toml");
-    std::fs::write(
-        &config,
-        format!(
-            // mode = "any": the forged login is not of the author's domain; this test is about
-            // what reaches the log, not who may sign.
-            "[milter]\nlisten = \"unix:{}\"\ntrusted_networks = []\n[authorization]\nmode = \"any\"\n\
-             [keys]\ndirectory = \"{}\"\n[domain.\"example.com\"]\nselector = \"s1\"\n",
-            socket.display(),
-            keys.display()
-        ),
-    )
-    .unwrap();
+    // mode = "any": the forged login is not of the author's domain; this test is about what
+    // reaches the log, not who may sign.
+    let (config, socket) = common::daemon::example_com_config(
+        dir.path(),
+        "trusted_networks = []",
+        "[authorization]\nmode = \"any\"\n",
+    );
     let daemon = common::daemon::Daemon::start(&config);
     daemon.expect_log("signet-milter listening");
     let mut conn = indymilter_test::TestConnection::configure()

@@ -6,6 +6,38 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Writes `DIR/signet-milter.toml` for a daemon on `DIR/milter.sock` that signs example.com
+/// with selector s1 (an Ed25519 key written to `DIR/keys`): `[milter]` gets `milter` after its
+/// `listen`, and `rest` (more tables) follows the table. Returns the config and socket paths.
+pub fn example_com_config(
+    dir: &std::path::Path,
+    milter: &str,
+    rest: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
+    let keys = dir.join("keys");
+    write_key_files(
+        &keys,
+        "example.com",
+        "s1",
+        &generate(KeyKind::Ed25519).unwrap(),
+    )
+    .unwrap();
+    let socket = dir.join("milter.sock");
+    let config = dir.join("signet-milter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[milter]\nlisten = \"unix:{}\"\n{milter}\n[keys]\ndirectory = \"{}\"\n\
+             [domain.\"example.com\"]\nselector = \"s1\"\n{rest}",
+            socket.display(),
+            keys.display()
+        ),
+    )
+    .unwrap();
+    (config, socket)
+}
+
 pub struct Daemon {
     pub child: Child,
     lines: mpsc::Receiver<String>,

@@ -246,58 +246,17 @@ impl Drop for Bind {
 
 /// dkimpy's verdict on `raw`, its keys looked up at `server` (tests/verify_dkim.py --dns).
 pub fn verify_dkimpy_at(raw: &[u8], server: SocketAddr, expect: &[(&str, &str)]) -> (bool, String) {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), raw).unwrap();
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_dkim.py"))
-        .arg("--dns")
-        .arg(server.to_string());
-    for (d, s) in expect {
-        cmd.arg("--expect").arg(format!("{d}:{s}"));
-    }
-    let out = cmd
-        .arg(file.path())
-        .output()
-        .expect("python3 with dkimpy and dnspython (python3-dkim, python3-dnspython)");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), report)
+    let server = server.to_string();
+    super::verify_dkimpy_with(raw, &["--dns".as_ref(), server.as_ref()], expect)
 }
 
 /// libopendkim's verdict on `raw`, its keys looked up at `server`
 /// (tests/e2e/opendkim_verify.c --dns, built once per test process).
 pub fn verify_opendkim_at(raw: &[u8], server: SocketAddr) -> (bool, String) {
-    static VERIFIER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let verifier = VERIFIER.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("signet-opendkim-verify-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let binary = dir.join("opendkim_verify");
-        let flags = Command::new("pkg-config")
-            .args(["--cflags", "--libs", "opendkim"])
-            .output()
-            .expect("pkg-config (libopendkim-dev)");
-        let flags = String::from_utf8_lossy(&flags.stdout).to_string();
-        let status = Command::new("cc")
-            .args(["-O1", "-Wall", "-Wextra", "-Werror", "-o"])
-            .arg(&binary)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/e2e/opendkim_verify.c"
-            ))
-            .args(flags.split_whitespace())
-            .arg("-lresolv")
-            .status()
-            .expect("cc runs");
-        assert!(status.success(), "the libopendkim verifier does not build");
-        binary
-    });
+    let verifier = super::opendkim_verifier();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), raw).unwrap();
-    let out = Command::new(verifier)
+    let out = Command::new(&verifier)
         .arg("--dns")
         .arg(server.to_string())
         .arg(file.path())

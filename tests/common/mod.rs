@@ -314,19 +314,27 @@ pub async fn verify_mail_auth(raw: &[u8], keys: &Path) -> Vec<(String, String, b
 
 /// Python dkimpy's verdict (exit status of tests/verify_dkim.py), with its report.
 pub fn verify_dkimpy(raw: &[u8], keys: &Path, expect: &[(&str, &str)]) -> (bool, String) {
+    verify_dkimpy_with(raw, &["--keys".as_ref(), keys.as_os_str()], expect)
+}
+
+/// [`verify_dkimpy`] with the keys found as `key_args` say (`--keys DIR`, `--dns SERVER`).
+pub fn verify_dkimpy_with(
+    raw: &[u8],
+    key_args: &[&std::ffi::OsStr],
+    expect: &[(&str, &str)],
+) -> (bool, String) {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), raw).unwrap();
     let mut cmd = std::process::Command::new("/usr/bin/python3");
     cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_dkim.py"))
-        .arg("--keys")
-        .arg(keys);
+        .args(key_args);
     for (d, s) in expect {
         cmd.arg("--expect").arg(format!("{d}:{s}"));
     }
     let out = cmd
         .arg(file.path())
         .output()
-        .expect("python3 with dkimpy (Debian python3-dkim) must be installed");
+        .expect("python3 with dkimpy (Debian python3-dkim, and python3-dnspython for --dns) must be installed");
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -365,7 +373,7 @@ pub fn publish(keys_dir: &Path, domain: &str, selector: &str, record: &str) {
 
 /// OpenDKIM's libopendkim verifier (tests/e2e/opendkim_verify.c), built once per test run
 /// against the installed library (Debian's libopendkim-dev).
-fn opendkim_verifier() -> PathBuf {
+pub fn opendkim_verifier() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
