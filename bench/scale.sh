@@ -9,7 +9,8 @@
 #
 # For each configuration (one shared Ed25519 key; one Ed25519 key file per domain; one RSA-2048
 # key file per domain) it measures:
-#   - time from exec to the bound socket, and RSS once the startup key pass is done;
+#   - time from exec to the bound socket, and RSS once the startup key pass is done (with its
+#     anonymous and file-backed parts: the program's own pages count in RSS too);
 #   - RSS after one SIGHUP reloading the same file;
 #   - `check` on the RSA table (every key parsed);
 #   - msgs/s at 8 connections, 2 KiB, for one domain and for all domains at random once every
@@ -79,6 +80,9 @@ trap stop EXIT
 
 now() { date +%s.%N; }
 rss_mib() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+# RSS split into anonymous memory (heap, stacks: what the process holds) and file-backed pages
+# (the program and its shared libraries, shared with every other process mapping them).
+rss_split() { awk '/^RssAnon/ { a = $2 } /^RssFile/ { f = $2 } END { printf "anon %.1f + file %.1f", a / 1024, f / 1024 }' "/proc/$1/status"; }
 metric() { # port name-and-labels: the value, 0 when absent
     curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { print $2; found = 1 } END { if (!found) print 0 }'
 }
@@ -139,6 +143,7 @@ for name in shared files-ed25519 files-rsa2048; do
     start "$socket" "$SIGNET" -c "$config" run
     settle "$port"
     rss=$(rss_mib "$PID")
+    split=$(rss_split "$PID")
     kill -HUP "$PID"
     for _ in $(seq 600); do
         [[ $(metric "$port" 'signet_config_reloads_total{result="ok"}') == 1 ]] && break
@@ -146,8 +151,8 @@ for name in shared files-ed25519 files-rsa2048; do
     done
     settle "$port"
     rss_reload=$(rss_mib "$PID")
-    row "$LABEL" "$name" "time to socket ${TTS} s" "RSS ${rss} MiB" "after SIGHUP ${rss_reload} MiB"
-    log "  socket after ${TTS} s; RSS $rss MiB, after SIGHUP $rss_reload MiB"
+    row "$LABEL" "$name" "time to socket ${TTS} s" "RSS ${rss} MiB ($split)" "after SIGHUP ${rss_reload} MiB"
+    log "  socket after ${TTS} s; RSS $rss MiB ($split), after SIGHUP $rss_reload MiB"
 
     if [[ $name == shared ]]; then
         # What an idle connection costs: 2,000 negotiated connections that then send nothing.
@@ -226,7 +231,7 @@ if [[ $OPENDKIM == 1 ]]; then
         start "$socket" opendkim -f -x "$WORK/opendkim-$name.conf"
         sleep 1
         rss=$(rss_mib "$PID")
-        line="time to socket ${TTS} s|RSS ${rss} MiB"
+        line="time to socket ${TTS} s|RSS ${rss} MiB ($(rss_split "$PID"))"
         if [[ $name == files-rsa2048 ]]; then
             one=$(load "$socket" one --duration "${DURATION}s" --from-domain d0.example)
             many=$(load "$socket" many --duration "${DURATION}s" --from-domain 'd{n}.example' --domains "$DOMAINS")

@@ -216,11 +216,13 @@ NOTIFY_SOCKET="$WORK/notify.sock" setpriv --reuid="$UNIT_USER" --regid="$UNIT_GR
     --no-new-privs -- /bin/sh -c 'umask "$0"; exec "$@"' "$UNIT_UMASK" $EXEC_START \
     >"$WORK/milter.log" 2>&1 &
 MILTER_PID=$!
-wait_for "READY=1" notified "READY=1 STATUS=listening on unix:$SOCKET"
+# READY=1 as soon as the socket accepts; the keys are checked after it (docs/operations.md).
+wait_for "READY=1" notified "READY=1 STATUS=listening on unix:$SOCKET; checking keys"
+wait_for "the key check's status" notified "STATUS=serving; 1 keys ok, 0 not usable"
 [[ -S $SOCKET ]] || die "READY=1 but no socket at $SOCKET"
 expect_perms "$SOCKET" "$SVC:$SVC 660"
 [[ $(ps -o uid= -p $MILTER_PID | tr -d ' ') == "$uid" ]] || die "the milter does not run as $SVC"
-log "ok  READY=1 after the socket was bound; the process runs as $SVC"
+log "ok  READY=1 after the socket was bound, then the key check's STATUS; the process runs as $SVC"
 
 cat >"$WORK/message.eml" <<'EOF'
 From: Alice <alice@package-test.example>
