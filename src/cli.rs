@@ -205,6 +205,7 @@ impl EnvelopeArgs {
 }
 
 pub fn main() -> ExitCode {
+    crate::memory::limit_retained_memory();
     main_with(Environment::default())
 }
 
