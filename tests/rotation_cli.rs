@@ -6,9 +6,7 @@
 mod common;
 
 use common::dynamic_dns::{Bind, verify_opendkim_at};
-use common::{Message, loopback, send};
-use indymilter::{Actions, ProtoOpts};
-use indymilter_test::TestConnection;
+use common::{Message, send};
 use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -38,18 +36,6 @@ fn row<'a>(output: &'a str, selector: &str) -> &'a str {
         .lines()
         .find(|l| l.starts_with("example.com") && l.split_whitespace().nth(2) == Some(selector))
         .unwrap_or_else(|| panic!("no row for {selector}:\n{output}"))
-}
-
-async fn connect(socket: &Path) -> TestConnection {
-    let mut conn = TestConnection::configure()
-        .available_actions(Actions::all())
-        .available_opts(ProtoOpts::all())
-        .exact_leading_space(true)
-        .open_unix(socket)
-        .await
-        .unwrap();
-    conn.connect("client.example", loopback()).await.unwrap();
-    conn
 }
 
 fn selector_of(sent: &common::Sent) -> String {
@@ -149,7 +135,7 @@ async fn an_operator_rotates_checks_runs_and_rolls_back_with_the_binary() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut conn = connect(&socket).await;
+    let mut conn = common::mta_connection(&socket).await;
     let message = Message::simple("alice@example.com");
     let sent = send(&mut conn, &[], &message).await;
     assert_eq!(selector_of(&sent), "k1");
@@ -223,7 +209,7 @@ async fn an_unreadable_rotation_state_at_startup_tempfails_only_that_signature()
     .unwrap();
     let mut daemon = common::daemon::Daemon::start(&config);
     daemon.expect_log("signet-milter listening");
-    let mut conn = connect(&socket).await;
+    let mut conn = common::mta_connection(&socket).await;
     let other = send(&mut conn, &[], &Message::simple("bob@example.org")).await;
     assert_eq!(other.inserted.len(), 1, "another domain signs");
     let rotated = send(&mut conn, &[], &Message::simple("alice@example.com")).await;
