@@ -11,9 +11,7 @@
 //! - a message that needs a fetch waits for it; any number of messages needing the same key at
 //!   once cause one fetch (single flight, by a per-slot lock and a re-check after it).
 //!
-//! Slots live in a quick_cache bounded by `capacity` (S3-FIFO eviction); a slot unused for longer
-//! than any of its windows is dropped by a sweep that runs at most once a minute, so that a key
-//! no longer signed with does not stay in memory.
+//! Slots live in a moka cache bounded by `capacity`; one idle past any use is dropped.
 //!
 //! Every lookup is counted as what it was: a hit (no backend asked), a revalidation (a file's
 //! `stat` showed it unchanged), a miss (the key was read or fetched while the message waited),
@@ -33,17 +31,9 @@ use tokio::time::Instant;
 /// How long a cached file key is trusted before its file is `stat`ed again.
 pub const FILE_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The longest time between two sweeps for idle slots.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-
-type Slots = quick_cache::sync::Cache<ResolvedKeySource, Arc<Slot>>;
-
 pub struct KeyCache {
     settings: CacheSettings,
-    slots: Arc<Slots>,
-    capacity: u64,
-    /// When the next sweep for idle slots is due; shared by the detached handles.
-    next_sweep: Arc<Mutex<Instant>>,
+    slots: moka::future::Cache<ResolvedKeySource, Arc<Slot>>,
     backends: Arc<Backends>,
     metrics: Arc<Metrics>,
 }
@@ -60,8 +50,6 @@ struct State {
     good: Option<Good>,
     failure: Option<(KeyError, Instant)>,
     refreshing: bool,
-    /// When a message last asked for this key (`None`: not yet, the slot was just made).
-    used: Option<Instant>,
 }
 
 struct Good {
@@ -92,24 +80,23 @@ impl KeyCache {
         metrics: Arc<Metrics>,
     ) -> Self {
         KeyCache {
-            slots: Arc::new(Self::slots(capacity)),
-            capacity,
-            next_sweep: Arc::new(Mutex::new(Instant::now() + SWEEP_INTERVAL)),
+            slots: Self::slots(&settings, capacity),
             settings,
             backends: Arc::new(backends),
             metrics,
         }
     }
 
-    fn slots(capacity: u64) -> Slots {
-        Slots::new(usize::try_from(capacity).unwrap_or(usize::MAX).max(1))
-    }
-
-    /// How long a slot may go unused before it is dropped: past every window its key or its
-    /// failure could still be served in.
-    fn idle_limit(&self) -> Duration {
-        (self.settings.ttl + self.settings.serve_stale).max(self.settings.negative_ttl)
-            + FILE_RECHECK_INTERVAL
+    fn slots(
+        settings: &CacheSettings,
+        capacity: u64,
+    ) -> moka::future::Cache<ResolvedKeySource, Arc<Slot>> {
+        let idle = (settings.ttl + settings.serve_stale).max(settings.negative_ttl)
+            + FILE_RECHECK_INTERVAL;
+        moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_idle(idle)
+            .build()
     }
 
     /// The backends keys are fetched from.
@@ -119,19 +106,18 @@ impl KeyCache {
 
     /// How many keys it holds at most.
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.slots.policy().max_capacity().unwrap_or(u64::MAX)
     }
 
     /// The same cache with room for `capacity` keys: the same backends (Vault logins), and
     /// every cached key and remembered failure carried over.
     pub async fn resized(&self, capacity: u64) -> KeyCache {
         let resized = KeyCache {
-            slots: Arc::new(Self::slots(capacity)),
-            capacity,
+            slots: Self::slots(&self.settings, capacity),
             ..self.detached()
         };
         for (source, slot) in self.slots.iter() {
-            resized.slots.insert(source, slot);
+            resized.slots.insert((*source).clone(), slot).await;
         }
         resized
     }
@@ -140,13 +126,10 @@ impl KeyCache {
     pub async fn get(&self, source: &ResolvedKeySource) -> Result<Arc<SigningKey>, KeyError> {
         let slot = self
             .slots
-            .get_or_insert_with(source, || Ok::<_, std::convert::Infallible>(Arc::default()))
-            .unwrap_or_else(|never| match never {});
+            .get_with_by_ref(source, async { Arc::new(Slot::default()) })
+            .await;
         let backend = source.backend();
-        let decision = self.decide(&slot, source);
-        // After `decide` marked this slot used, so that the sweep keeps it.
-        self.sweep_when_due();
-        match decision {
+        match self.decide(&slot, source) {
             Decision::Hit(key) => {
                 self.metrics.key_lookup(backend, Lookup::Hit);
                 Ok(key)
@@ -173,7 +156,6 @@ impl KeyCache {
     fn decide(&self, slot: &Slot, source: &ResolvedKeySource) -> Decision {
         let now = Instant::now();
         let mut state = lock(&slot.state);
-        state.used = Some(now);
         let recent_failure = state
             .failure
             .as_ref()
@@ -254,42 +236,11 @@ impl KeyCache {
         });
     }
 
-    /// Drops the slots no message asked for within [`Self::idle_limit`], at most once per
-    /// [`SWEEP_INTERVAL`]; the sweep visits every slot, so it runs on the blocking pool.
-    fn sweep_when_due(&self) {
-        let now = Instant::now();
-        {
-            let Ok(mut next) = self.next_sweep.try_lock() else {
-                return;
-            };
-            if now < *next {
-                return;
-            }
-            *next = now + SWEEP_INTERVAL.min(self.idle_limit());
-        }
-        let (slots, idle_limit) = (self.slots.clone(), self.idle_limit());
-        tokio::task::spawn_blocking(move || {
-            slots.retain(|_, slot| {
-                lock(&slot.state)
-                    .used
-                    .is_none_or(|used| now.duration_since(used) < idle_limit)
-            });
-        });
-    }
-
-    /// How many slots it holds (keys and remembered failures).
-    #[cfg(test)]
-    pub fn held(&self) -> usize {
-        self.slots.len()
-    }
-
     /// A handle for a background task: the same slots, backends and metrics.
     fn detached(&self) -> KeyCache {
         KeyCache {
             settings: self.settings.clone(),
             slots: self.slots.clone(),
-            capacity: self.capacity,
-            next_sweep: self.next_sweep.clone(),
             backends: self.backends.clone(),
             metrics: self.metrics.clone(),
         }

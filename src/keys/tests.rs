@@ -398,28 +398,3 @@ async fn rsa_1024_keys_sign_with_a_warning() {
         .key;
     assert_eq!(rsa2048.weakness(), None);
 }
-
-#[tokio::test(start_paused = true)]
-async fn a_key_no_message_asks_for_is_dropped_and_one_in_use_is_kept() {
-    let backend = Scripted::new(Duration::ZERO);
-    backend.serve_new_key();
-    let (cache, _) = cache_with(CACHE, Some(&backend));
-    let source = |domain: &str| ResolvedKeySource::Event {
-        name: "remote".into(),
-        args: vec![domain.into()],
-    };
-    cache.get(&source("idle.example")).await.unwrap();
-    cache.get(&source("busy.example")).await.unwrap();
-    assert_eq!(cache.held(), 2);
-    // ttl 60 s + serve_stale 1 h is how long a slot can matter; busy.example is asked for
-    // every ten minutes of it, idle.example never again.
-    for _ in 0..7 {
-        tokio::time::advance(Duration::from_secs(600)).await;
-        cache.get(&source("busy.example")).await.unwrap();
-        settle().await;
-    }
-    assert_eq!(cache.held(), 1, "the idle key's slot is dropped");
-    let calls = backend.calls();
-    cache.get(&source("busy.example")).await.unwrap();
-    assert_eq!(backend.calls(), calls, "the key in use is still cached");
-}
