@@ -61,7 +61,8 @@ impl Runtime {
     /// The runtime of the configuration now in `path`. When the key settings
     /// ([`crate::config::KeyConfig`]) did not change, the key cache carries over: keys stay
     /// warm, Vault sessions stay logged in, and stale keys stay available (in a larger cache
-    /// when the configuration outgrew the old one). The file is read and checked on tokio's
+    /// when the configuration outgrew the old one), and every key file is `stat`ed again at its
+    /// next use, so a replaced one signs from now on. The file is read and checked on tokio's
     /// blocking pool: a large one takes a while, and the workers go on serving meanwhile.
     /// The key rotation state always carries over.
     pub async fn reload(&self, path: &Path) -> Result<Self, ConfigError> {
@@ -90,6 +91,7 @@ impl Runtime {
         } else {
             self.keys.clone()
         };
+        keys.recheck_files();
         Ok(Runtime {
             authorizer: Authorizer::new(&config),
             config,

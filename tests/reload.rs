@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{Message, TestMilter, loopback, send};
+use common::{Message, TestMilter, loopback, send, verify_mail_auth};
 use indymilter::MacroStage;
 use indymilter_test::Status;
-use signet_milter::keys::generate::KeyKind;
+use signet_milter::keys::generate::{KeyKind, generate, write_key_files};
 use signet_milter::server;
 
 #[tokio::test]
@@ -54,6 +54,63 @@ async fn reload_swaps_rules_between_messages_and_keeps_them_on_error() {
     assert!(server::reload(&config_path, &milter.runtime).await);
     let sent = send(&mut conn, &[], &Message::simple("alice@example.com")).await;
     assert_eq!(sent.inserted.len(), 1);
+}
+
+/// A replaced key file signs from the next reload on (before it, within `[cache] ttl`, the
+/// cached key does: no `stat` per message).
+#[tokio::test]
+async fn a_replaced_key_file_signs_from_the_next_reload_on() {
+    let milter = TestMilter::example_com(KeyKind::Ed25519, "").await;
+    let config_path = milter.dir.path().join("signet-milter.toml");
+    let keys = milter.keys_dir();
+    let mut conn = milter.connect(loopback()).await;
+    let message = Message::simple("alice@example.com");
+
+    let sent = send(&mut conn, &[], &message).await;
+    assert!(
+        verifies(&message, &sent, &keys).await,
+        "the first key signs"
+    );
+
+    // A new key is moved over the old file, as an operator's deploy does (new inode).
+    let staging = milter.dir.path().join("staging");
+    write_key_files(
+        &staging,
+        "example.com",
+        "s1",
+        &generate(KeyKind::Ed25519).unwrap(),
+    )
+    .unwrap();
+    let key_file = keys.join("example.com/s1.key");
+    std::fs::rename(staging.join("example.com/s1.key"), &key_file).unwrap();
+    let sent = send(&mut conn, &[], &message).await;
+    assert!(
+        verifies(&message, &sent, &keys).await,
+        "before the reload the cached key still signs"
+    );
+
+    assert!(server::reload(&config_path, &milter.runtime).await);
+    let sent = send(&mut conn, &[], &message).await;
+    assert!(
+        !verifies(&message, &sent, &keys).await,
+        "after the reload the old record no longer verifies it"
+    );
+    std::fs::rename(
+        staging.join("example.com/s1.dns"),
+        keys.join("example.com/s1.dns"),
+    )
+    .unwrap();
+    assert!(
+        verifies(&message, &sent, &keys).await,
+        "it is signed with the new key"
+    );
+}
+
+/// Whether `sent` carries one signature that verifies against the records in `keys`.
+async fn verifies(message: &Message, sent: &common::Sent, keys: &std::path::Path) -> bool {
+    let results = verify_mail_auth(&message.delivered(&sent.inserted), keys).await;
+    assert_eq!(results.len(), 1, "one signature: {results:?}");
+    results[0].2
 }
 
 /// Issue: "reload 20 times while messages flow — no message lost, tempfailed or unsigned

@@ -1,12 +1,12 @@
 //! The key cache and the file and inline backends. A registered callback stands in for a remote
 //! backend whose answers and speed the test controls; tokio's paused clock moves time.
 
-use super::cache::{FILE_RECHECK_INTERVAL, KeyCache};
+use super::cache::KeyCache;
 use super::callback::{CallbackError, CallbackRegistry, KeyCallback, KeyFuture};
 use super::generate::{KeyKind, generate};
 use super::*;
-use crate::config::Config;
 use crate::config::keysource::KeyData;
+use crate::config::{CacheSettings, Config};
 use crate::metrics::{Lookup, Metrics};
 use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Mutex;
@@ -236,7 +236,7 @@ async fn serve_stale_zero_means_an_expired_key_waits_for_the_backend() {
     assert!(cache.get(&remote()).await.is_err());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn file_keys_are_cached_and_reloaded_when_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.key");
@@ -252,22 +252,48 @@ async fn file_keys_are_cached_and_reloaded_when_replaced() {
     assert_eq!(a.public_key_base64(), &*first);
     assert_eq!(metrics.key_lookups("file", Lookup::Hit), 1);
 
-    // Replace the file (new inode, as `mv` or an editor does) and let the recheck interval pass.
-    let tmp = dir.path().join("new.key");
-    let second = write_key(&tmp, KeyKind::Ed25519, 0o600);
-    std::fs::rename(&tmp, &path).unwrap();
-    tokio::time::sleep(FILE_RECHECK_INTERVAL).await;
+    // Replace the file (new inode, as `mv` or an editor does): within ttl the cached key
+    // still signs, and nothing looks at the file.
+    let replace = || {
+        let tmp = dir.path().join("new.key");
+        let public = write_key(&tmp, KeyKind::Ed25519, 0o600);
+        std::fs::rename(&tmp, &path).unwrap();
+        public
+    };
+    let second = replace();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let c = cache.get(&source).await.unwrap();
+    assert!(Arc::ptr_eq(&a, &c), "within ttl the file is not looked at");
+    assert_eq!(metrics.key_lookups("file", Lookup::Hit), 2);
+
+    // A reload makes the next use look, and the replaced file signs at once.
+    cache.recheck_files();
+    let d = cache.get(&source).await.unwrap();
     assert_eq!(
-        c.public_key_base64(),
+        d.public_key_base64(),
         &*second,
-        "a replaced file is picked up without reload"
+        "a replaced file is picked up after a reload"
     );
 
+    // Without a reload it is picked up once ttl has passed.
+    let third = replace();
+    tokio::time::sleep(file_recheck()).await;
+    let e = cache.get(&source).await.unwrap();
+    assert_eq!(e.public_key_base64(), &*third, "picked up after ttl");
+
     // An unchanged file is stat'ed, not read again: the same parsed key comes back.
-    tokio::time::sleep(FILE_RECHECK_INTERVAL).await;
-    let d = cache.get(&source).await.unwrap();
-    assert!(Arc::ptr_eq(&c, &d));
+    cache.recheck_files();
+    let f = cache.get(&source).await.unwrap();
+    assert!(Arc::ptr_eq(&e, &f));
+    tokio::time::sleep(file_recheck()).await;
+    let g = cache.get(&source).await.unwrap();
+    assert!(Arc::ptr_eq(&e, &g));
+    assert_eq!(metrics.key_lookups("file", Lookup::Revalidated), 2);
+}
+
+/// How long a file key is used before its file is `stat`ed again: the default ttl.
+fn file_recheck() -> Duration {
+    CacheSettings::default().ttl
 }
 
 #[tokio::test(start_paused = true)]
@@ -279,7 +305,7 @@ async fn a_file_that_only_needed_its_stat_counts_as_revalidated_not_missed() {
     let source = ResolvedKeySource::File(path.clone());
     let first = cache.get(&source).await.unwrap();
     for _ in 0..3 {
-        tokio::time::sleep(FILE_RECHECK_INTERVAL).await;
+        tokio::time::sleep(file_recheck()).await;
         let again = cache.get(&source).await.unwrap();
         assert!(Arc::ptr_eq(&first, &again), "the file was not read again");
         assert!(cache.get(&source).await.is_ok());
