@@ -136,6 +136,12 @@ load() { # socket label extra-args...: prints the loadgen JSON line
         die "loadgen failed ($label)"
     }
 }
+file_lookups() { # port: the file key lookups so far, "hit revalidated miss"
+    local l
+    for l in hit revalidated miss; do
+        printf '%s ' "$(metric "$1" "signet_key_cache_lookups_total{backend=\"file\",result=\"$l\"}" | cut -d. -f1)"
+    done
+}
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 field() { /usr/bin/python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
@@ -200,24 +206,23 @@ PY
         log "  signing every domain once (warm-up)"
         load "$socket" warm --messages "$DOMAINS" --from-domain 'd{n}.example' \
             --domains "$DOMAINS" --domain-order sequential >/dev/null
-        hits0=$(metric "$port" 'signet_key_cache_lookups_total{backend="file",result="hit"}')
-        rev0=$(metric "$port" 'signet_key_cache_lookups_total{backend="file",result="revalidated"}')
-        miss0=$(metric "$port" 'signet_key_cache_lookups_total{backend="file",result="miss"}')
         # One domain and all domains at random, alternately, so that a change in the machine's
         # load during the run falls on both; the medians are compared.
-        ones=() manys=() one_cpu=() many_cpu=() pairs=()
+        ones=() manys=() one_cpu=() many_cpu=() pairs=() hits=0 rev=0 miss=0
         for round in $(seq "$ROUNDS"); do
             one=$(load "$socket" "one-$round" --duration "${DURATION}s" --from-domain d0.example)
+            before_many=$(file_lookups "$port")
             many=$(load "$socket" "many-$round" --duration "${DURATION}s" --from-domain 'd{n}.example' --domains "$DOMAINS")
+            read -r h0 r0 m0 <<<"$before_many"
+            read -r h1 r1 m1 <<<"$(file_lookups "$port")"
+            hits=$((hits + h1 - h0)) rev=$((rev + r1 - r0)) miss=$((miss + m1 - m0))
             ones+=("$(field "$one" msgs_per_s)") manys+=("$(field "$many" msgs_per_s)")
             one_cpu+=("$(field "$one" milter_cpu_ms_per_msg)") many_cpu+=("$(field "$many" milter_cpu_ms_per_msg)")
             pairs+=("$(awk -v a="${manys[-1]}" -v b="${ones[-1]}" 'BEGIN { printf "%.1f", 100 * a / b }')")
             log "  round $round: one domain ${ones[-1]} msgs/s (${one_cpu[-1]} ms CPU/msg), $DOMAINS at random ${manys[-1]} msgs/s (${many_cpu[-1]} ms CPU/msg)"
         done
-        hits=$(metric "$port" 'signet_key_cache_lookups_total{backend="file",result="hit"}')
-        rev=$(metric "$port" 'signet_key_cache_lookups_total{backend="file",result="revalidated"}')
-        miss=$(metric "$port" 'signet_key_cache_lookups_total{backend="file",result="miss"}')
-        ratio=$(awk -v h=$((${hits%.*} - ${hits0%.*})) -v r=$((${rev%.*} - ${rev0%.*})) -v m=$((${miss%.*} - ${miss0%.*})) \
+        # The key cache's answers during the all-domain runs only.
+        ratio=$(awk -v h="$hits" -v r="$rev" -v m="$miss" \
             'BEGIN { t = h + r + m; if (t > 0) printf "hit %.2f, revalidated %.2f, miss %.2f", h / t, r / t, m / t; else print "-" }')
         scrape=$(curl -s "http://127.0.0.1:$port/metrics")
         series=$(grep -vc '^#' <<<"$scrape" || true)
