@@ -5,7 +5,7 @@
 use crate::authorizer::Authorizer;
 use crate::config::{Config, ConfigError};
 use crate::keys::Backends;
-use crate::keys::cache::KeyCache;
+use crate::keys::cache::{KeyCache, SlotHandles};
 use crate::keys::callback::CallbackRegistry;
 use crate::metrics::Metrics;
 use crate::rotation::{ActiveKeys, Selected};
@@ -23,6 +23,9 @@ pub struct Environment {
 pub struct Runtime {
     pub config: Config,
     pub keys: Arc<KeyCache>,
+    /// The key cache slots of this configuration's exact `[domain]` entries, by their
+    /// [`crate::config::KeyHandle`].
+    pub slot_handles: SlotHandles,
     /// `[authorization]` at run time (its callback's remembered answers); new with every
     /// configuration, so a reload asks again.
     pub authorizer: Authorizer,
@@ -50,6 +53,7 @@ impl Runtime {
         ));
         let authorizer = Authorizer::new(&config);
         Runtime {
+            slot_handles: SlotHandles::new(config.signing.key_handle_count()),
             config,
             keys,
             authorizer,
@@ -94,6 +98,7 @@ impl Runtime {
         keys.recheck_files();
         Ok(Runtime {
             authorizer: Authorizer::new(&config),
+            slot_handles: SlotHandles::new(config.signing.key_handle_count()),
             config,
             keys,
             env: self.env.clone(),

@@ -661,11 +661,17 @@ async fn start_signature(
     section: &[u8],
 ) -> Result<(SignatureStream, Arc<SigningKey>), SignFailure> {
     let template = &planned.template;
-    let source = template.key.resolve(&planned.domain, &template.selector);
-    let key = runtime.keys.get(&source).await?;
+    let resolve = || template.key.resolve(&planned.domain, &template.selector);
+    let handle = template
+        .key_handle
+        .and_then(|handle| runtime.slot_handles.get(handle));
+    let key = match handle {
+        Some(handle) => runtime.keys.get_by_handle(handle, resolve).await?,
+        None => runtime.keys.get(&resolve()).await?,
+    };
     key.check_algo(template.algo)
         .map_err(|error| KeyError::Parse {
-            origin: source.to_string(),
+            origin: resolve().to_string(),
             error,
         })?;
     let mut stream = SignatureStream::new(planned, key.clone());

@@ -411,3 +411,52 @@ async fn headers_and_body_are_answered_only_when_the_mta_waits_for_it() {
     }
     milter.stop().await;
 }
+
+/// Exact and per-mailbox entries reach their keys through a direct handle on the key cache
+/// (no index lookup); each must still sign with its own key, message after message, beside a
+/// wildcard entry that resolves its key per message.
+#[tokio::test]
+async fn every_entry_signs_with_its_own_key_message_after_message() {
+    let milter = TestMilter::start(
+        &[
+            ("a.example", "s1", KeyKind::Ed25519),
+            ("a.example", "alice", KeyKind::Ed25519),
+            ("b.example", "s1", KeyKind::Ed25519),
+            ("mail.c.example", "s1", KeyKind::Ed25519),
+            ("news.c.example", "s1", KeyKind::Ed25519),
+        ],
+        "",
+        r#"
+[domain."a.example"]
+selector = "s1"
+[domain."alice@a.example"]
+selector = "alice"
+[domain."b.example"]
+selector = "s1"
+[domain."*.c.example"]
+selector = "s1"
+"#,
+    )
+    .await;
+    let keys = milter.keys_dir();
+    let mut conn = milter.connect(loopback()).await;
+    let authors = [
+        ("bob@a.example", "a.example", "s1"),
+        ("alice@a.example", "a.example", "alice"),
+        ("carol@b.example", "b.example", "s1"),
+        ("dave@mail.c.example", "mail.c.example", "s1"),
+        ("erin@news.c.example", "news.c.example", "s1"),
+    ];
+    for round in 0..3 {
+        for (author, domain, selector) in authors {
+            let message = Message::simple(author);
+            let sent = send(&mut conn, &[], &message).await;
+            let results = common::verify_mail_auth(&message.delivered(&sent.inserted), &keys).await;
+            assert_eq!(
+                results,
+                [(domain.to_string(), selector.to_string(), true)],
+                "round {round}, {author}"
+            );
+        }
+    }
+}

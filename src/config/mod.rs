@@ -21,7 +21,7 @@ pub use environment::check_environment;
 pub use error::ConfigError;
 pub use rotation::RotationSettings;
 pub use signing::{
-    DEFAULT_HEADERS, DomainMatch, Recipe, SignatureLabel, SignerTemplate, SigningDomain,
+    DEFAULT_HEADERS, DomainMatch, KeyHandle, Recipe, SignatureLabel, SignerTemplate, SigningDomain,
     SigningTable, normalize_domain,
 };
 pub use template::Template;

@@ -571,3 +571,47 @@ fn secrets_never_show_in_debug_output() {
     }
     assert!(shown.contains("REDACTED"));
 }
+
+/// Only entries whose key source is the same for every message get a key handle, each its
+/// own: a handle shared by two sources would sign one domain's mail with another's key.
+#[test]
+fn exact_and_mailbox_entries_get_distinct_key_handles_and_no_other_entry_does() {
+    let t = table(
+        r#"
+        [base]
+        selector = "s"
+        additional_signatures = ["esp"]
+        [domain."a.example"]
+        [domain."b.example"]
+        [domain."alice@a.example"]
+        selector = "alice"
+        [domain."*.c.example"]
+        [domain."*"]
+        [signature."esp"]
+        domain = "esp.example"
+        "#,
+    );
+    let handle = |author: &str| t.lookup(author).unwrap().0.key_handle;
+    let handles: std::collections::HashSet<_> = ["a.example", "b.example", "alice@a.example"]
+        .iter()
+        .map(|author| handle(author).expect("an exact or mailbox entry has a handle"))
+        .collect();
+    assert_eq!(handles.len(), 3, "each its own");
+    assert!(
+        handles
+            .iter()
+            .all(|h| (h.0 as usize) < t.key_handle_count())
+    );
+    assert_eq!(t.key_handle_count(), 3);
+    assert_eq!(
+        handle("mail.c.example"),
+        None,
+        "wildcard: the domain varies"
+    );
+    assert_eq!(
+        handle("other.example"),
+        None,
+        "catch-all: the domain varies"
+    );
+    assert!(t.additional().iter().all(|s| s.key_handle.is_none()));
+}

@@ -14,7 +14,12 @@
 //! - a message that needs a fetch waits for it; any number of messages needing the same key at
 //!   once cause one fetch (single flight, by a per-slot lock and a re-check after it).
 //!
-//! Slots live in a moka cache bounded by `capacity`; one idle past any use is dropped.
+//! Slots live in a moka cache bounded by `capacity`; one idle past any use is dropped. A
+//! signature whose source is always the same (an exact `[domain]` entry's) reaches its slot
+//! through a [`SlotHandle`] instead: no path built, hashed and compared, no moka bookkeeping.
+//! A hit through a handle needs the slot to have been looked up through the cache within half
+//! its idle time, so that moka never drops a slot in use; any other answer goes through the
+//! cache as usual.
 //!
 //! Every lookup is counted as what it was: a hit (no backend asked), a revalidation (a file's
 //! `stat` showed it unchanged), a miss (the key was read or fetched while the message waited),
@@ -27,7 +32,7 @@ use crate::keys::SigningKey;
 use crate::keys::file::FileStamp;
 use crate::metrics::{Lookup, Metrics};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 // tokio's clock, so that tests can move time forward.
 use tokio::time::Instant;
@@ -42,11 +47,43 @@ pub struct KeyCache {
     file_generation: Arc<AtomicU64>,
 }
 
-#[derive(Default)]
 struct Slot {
     state: Mutex<State>,
     /// Held while fetching, so that one fetch runs per source at a time.
     fetching: tokio::sync::Mutex<()>,
+    kind: SourceKind,
+    /// The backend's name, for metrics.
+    backend: &'static str,
+}
+
+/// What the cache needs to know of a source to judge a key it has from it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SourceKind {
+    /// Revalidated by a `stat`, once per ttl and after a reload.
+    File,
+    /// Inline data: fresh forever.
+    Data,
+    /// Fetched again once per ttl.
+    Remote,
+}
+
+impl Slot {
+    fn for_source(source: &ResolvedKeySource) -> Slot {
+        let kind = match source {
+            ResolvedKeySource::File(_) => SourceKind::File,
+            ResolvedKeySource::Data(_) => SourceKind::Data,
+            ResolvedKeySource::Vault(_)
+            | ResolvedKeySource::Event { .. }
+            | ResolvedKeySource::Transit(_)
+            | ResolvedKeySource::Pkcs11(_) => SourceKind::Remote,
+        };
+        Slot {
+            state: Mutex::default(),
+            fetching: tokio::sync::Mutex::default(),
+            kind,
+            backend: source.backend(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -54,6 +91,59 @@ struct State {
     good: Option<Good>,
     failure: Option<(KeyError, Instant)>,
     refreshing: bool,
+    /// When the slot was last looked up through the cache's index (which keeps it from being
+    /// dropped as idle).
+    indexed: Option<Instant>,
+}
+
+/// A direct way to the cache slot of one key source, for a signature that always resolves to
+/// that source ([`crate::config::KeyHandle`]). Empty until the first lookup through
+/// the cache; a slot the cache dropped (idle, or evicted) is not kept alive by it.
+#[derive(Default)]
+pub struct SlotHandle(Mutex<Weak<Slot>>);
+
+impl SlotHandle {
+    fn slot(&self) -> Option<Arc<Slot>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).upgrade()
+    }
+
+    fn set(&self, slot: &Arc<Slot>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(slot);
+    }
+}
+
+/// One [`SlotHandle`] per [`crate::config::KeyHandle`] of a signing table, allocated a page
+/// at a time on first use: 16 bytes per entry whose domain signs, nothing at startup (a
+/// 100,000-entry table would otherwise start 1.6 MB larger).
+pub struct SlotHandles {
+    chunks: Box<[OnceLock<Box<[SlotHandle]>>]>,
+    count: usize,
+}
+
+/// Handles per chunk: one 4 KiB page of them.
+const HANDLES_PER_CHUNK: usize = 256;
+
+impl SlotHandles {
+    pub fn new(count: usize) -> Self {
+        let chunks = count.div_ceil(HANDLES_PER_CHUNK);
+        SlotHandles {
+            chunks: (0..chunks).map(|_| OnceLock::new()).collect(),
+            count,
+        }
+    }
+
+    pub fn get(&self, handle: crate::config::KeyHandle) -> Option<&SlotHandle> {
+        let index = handle.0 as usize;
+        if index >= self.count {
+            return None;
+        }
+        let chunk = self.chunks[index / HANDLES_PER_CHUNK].get_or_init(|| {
+            (0..HANDLES_PER_CHUNK)
+                .map(|_| SlotHandle::default())
+                .collect()
+        });
+        chunk.get(index % HANDLES_PER_CHUNK)
+    }
 }
 
 struct Good {
@@ -98,10 +188,9 @@ impl KeyCache {
         settings: &CacheSettings,
         capacity: u64,
     ) -> moka::future::Cache<ResolvedKeySource, Arc<Slot>> {
-        let idle = (settings.ttl + settings.serve_stale).max(settings.negative_ttl);
         moka::future::Cache::builder()
             .max_capacity(capacity)
-            .time_to_idle(idle)
+            .time_to_idle(idle_time(settings))
             .build()
     }
 
@@ -136,12 +225,43 @@ impl KeyCache {
 
     /// The key of `source`, from the cache when it may be used, else fetched.
     pub async fn get(&self, source: &ResolvedKeySource) -> Result<Arc<SigningKey>, KeyError> {
-        let slot = self
-            .slots
-            .get_with_by_ref(source, async { Arc::new(Slot::default()) })
-            .await;
-        let backend = source.backend();
-        match self.decide(&slot, source) {
+        let slot = self.slot(source).await;
+        self.lookup(slot, source).await
+    }
+
+    /// The key of the one source `handle` stands for: straight from its slot when that is a
+    /// hit, else as [`KeyCache::get`] of `resolve()` (which `handle` then points at).
+    pub async fn get_by_handle(
+        &self,
+        handle: &SlotHandle,
+        resolve: impl FnOnce() -> ResolvedKeySource,
+    ) -> Result<Arc<SigningKey>, KeyError> {
+        if let Some(slot) = handle.slot()
+            && let Some(key) = self.hit_without_index(&slot)
+        {
+            self.metrics.key_lookup(slot.backend, Lookup::Hit);
+            return Ok(key);
+        }
+        let source = resolve();
+        let slot = self.slot(&source).await;
+        handle.set(&slot);
+        self.lookup(slot, &source).await
+    }
+
+    async fn slot(&self, source: &ResolvedKeySource) -> Arc<Slot> {
+        self.slots
+            .get_with_by_ref(source, async { Arc::new(Slot::for_source(source)) })
+            .await
+    }
+
+    /// Answers a lookup of `source`, whose slot (just found through the index) is `slot`.
+    async fn lookup(
+        &self,
+        slot: Arc<Slot>,
+        source: &ResolvedKeySource,
+    ) -> Result<Arc<SigningKey>, KeyError> {
+        let backend = slot.backend;
+        match self.decide(&slot) {
             Decision::Hit(key) => {
                 self.metrics.key_lookup(backend, Lookup::Hit);
                 Ok(key)
@@ -165,25 +285,46 @@ impl KeyCache {
         }
     }
 
-    fn decide(&self, slot: &Slot, source: &ResolvedKeySource) -> Decision {
+    /// The key if the lookup is a hit and the slot was seen by the index recently enough that
+    /// moka will not drop it as idle meanwhile; `None`: look it up through the index.
+    fn hit_without_index(&self, slot: &Slot) -> Option<Arc<SigningKey>> {
+        let now = Instant::now();
+        let state = lock(&slot.state);
+        let indexed = state.indexed?;
+        if now.duration_since(indexed) >= idle_time(&self.settings) / 2 {
+            return None;
+        }
+        let good = state.good.as_ref()?;
+        self.is_fresh(slot, good, now).then(|| good.key.clone())
+    }
+
+    /// Whether `good` may be served without asking its backend.
+    fn is_fresh(&self, slot: &Slot, good: &Good, now: Instant) -> bool {
+        let Some(fresh_for) = self.freshness(slot.kind) else {
+            return true;
+        };
+        let recheck = slot.kind == SourceKind::File
+            && good.generation != self.file_generation.load(Ordering::Relaxed);
+        now.duration_since(good.confirmed) < fresh_for && !recheck
+    }
+
+    /// What to do with a lookup of `slot`, which every caller has just found through the index.
+    fn decide(&self, slot: &Slot) -> Decision {
         let now = Instant::now();
         let mut state = lock(&slot.state);
+        state.indexed = Some(now);
         let recent_failure = state
             .failure
             .as_ref()
             .filter(|(_, at)| now.duration_since(*at) < self.settings.negative_ttl)
             .map(|(error, _)| error.clone());
         if let Some(good) = &state.good {
-            let Some(fresh_for) = self.freshness(source) else {
-                return Decision::Hit(good.key.clone());
-            };
-            let age = now.duration_since(good.confirmed);
-            let recheck = matches!(source, ResolvedKeySource::File(_))
-                && good.generation != self.file_generation.load(Ordering::Relaxed);
-            if age < fresh_for && !recheck {
+            if self.is_fresh(slot, good, now) {
                 return Decision::Hit(good.key.clone());
             }
-            let usable = age < fresh_for + self.settings.serve_stale;
+            let usable = self.freshness(slot.kind).is_some_and(|fresh_for| {
+                now.duration_since(good.confirmed) < fresh_for + self.settings.serve_stale
+            });
             let key = good.key.clone();
             if usable && recent_failure.is_some() {
                 return Decision::Stale {
@@ -193,7 +334,7 @@ impl KeyCache {
             }
             // A file is revalidated by a `stat` while the message waits: it costs microseconds,
             // once per ttl.
-            if usable && !matches!(source, ResolvedKeySource::File(_)) {
+            if usable && slot.kind != SourceKind::File {
                 let refresh = !std::mem::replace(&mut state.refreshing, true);
                 return Decision::Stale { key, refresh };
             }
@@ -204,17 +345,13 @@ impl KeyCache {
         }
     }
 
-    /// How long a key from `source` is used without asking its backend again; `None`: forever.
-    fn freshness(&self, source: &ResolvedKeySource) -> Option<Duration> {
-        match source {
-            ResolvedKeySource::Data(_) => None,
-            // A Transit or PKCS#11 key is a handle and a public key: re-read every ttl, so a
-            // new Transit version or a replaced token key is picked up.
-            ResolvedKeySource::File(_)
-            | ResolvedKeySource::Vault(_)
-            | ResolvedKeySource::Event { .. }
-            | ResolvedKeySource::Transit(_)
-            | ResolvedKeySource::Pkcs11(_) => Some(self.settings.ttl),
+    /// How long a key from a source of `kind` is used without asking its backend again;
+    /// `None`: forever. (A Transit or PKCS#11 key is a handle and a public key: re-read every
+    /// ttl too, so that a new Transit version or a replaced token key is picked up.)
+    fn freshness(&self, kind: SourceKind) -> Option<Duration> {
+        match kind {
+            SourceKind::Data => None,
+            SourceKind::File | SourceKind::Remote => Some(self.settings.ttl),
         }
     }
 
@@ -226,7 +363,7 @@ impl KeyCache {
     ) -> (Result<Arc<SigningKey>, KeyError>, Lookup) {
         let _one_fetch = slot.fetching.lock().await;
         // Whoever held the lock before may have answered for us (the message still waited).
-        match self.decide(slot, source) {
+        match self.decide(slot) {
             Decision::Hit(key) => return (Ok(key), Lookup::Miss),
             Decision::Stale { key, .. } => return (Ok(key), Lookup::Stale),
             Decision::Negative(error) => return (Err(error), Lookup::Negative),
@@ -235,7 +372,7 @@ impl KeyCache {
         match self.fetch_and_store(slot, source).await {
             Ok((key, Fetched::Unchanged)) => (Ok(key), Lookup::Revalidated),
             Ok((key, _)) => (Ok(key), Lookup::Miss),
-            Err(error) => match self.stale_key(slot, source) {
+            Err(error) => match self.stale_key(slot) {
                 Some(key) => (Ok(key), Lookup::Stale),
                 None => (Err(error), Lookup::Miss),
             },
@@ -319,12 +456,17 @@ impl KeyCache {
     }
 
     /// The last good key if it is still within its stale window.
-    fn stale_key(&self, slot: &Slot, source: &ResolvedKeySource) -> Option<Arc<SigningKey>> {
+    fn stale_key(&self, slot: &Slot) -> Option<Arc<SigningKey>> {
         let state = lock(&slot.state);
         let good = state.good.as_ref()?;
-        let window = self.freshness(source)? + self.settings.serve_stale;
+        let window = self.freshness(slot.kind)? + self.settings.serve_stale;
         (good.confirmed.elapsed() < window).then(|| good.key.clone())
     }
+}
+
+/// How long moka keeps a slot nobody looked up.
+fn idle_time(settings: &CacheSettings) -> Duration {
+    (settings.ttl + settings.serve_stale).max(settings.negative_ttl)
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {

@@ -424,3 +424,101 @@ async fn rsa_1024_keys_sign_with_a_warning() {
         .key;
     assert_eq!(rsa2048.weakness(), None);
 }
+
+/// A lookup through a [`super::cache::SlotHandle`]: hits come straight from the slot without
+/// resolving the source; anything else (first use, a reload's recheck, a slot the index has
+/// not seen for half its idle time) goes through the cache, which the handle then points at.
+#[tokio::test(start_paused = true)]
+async fn a_slot_handle_serves_hits_and_sends_the_rest_through_the_cache() {
+    use super::cache::SlotHandle;
+    use std::cell::Cell;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.key");
+    let first = write_key(&path, KeyKind::Ed25519, 0o600);
+    let (cache, metrics) = cache_with(CACHE, None);
+    let handle = SlotHandle::default();
+    let resolved = Cell::new(0);
+    let resolve = || {
+        resolved.set(resolved.get() + 1);
+        ResolvedKeySource::File(path.clone())
+    };
+
+    let a = cache.get_by_handle(&handle, resolve).await.unwrap();
+    assert_eq!(a.public_key_base64(), &*first);
+    assert_eq!(resolved.get(), 1, "the first lookup resolves the source");
+    assert_eq!(metrics.key_lookups("file", Lookup::Miss), 1);
+    for _ in 0..3 {
+        let b = cache.get_by_handle(&handle, resolve).await.unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+    assert_eq!(resolved.get(), 1, "hits come through the handle");
+    assert_eq!(metrics.key_lookups("file", Lookup::Hit), 3);
+
+    // The handle reaches the slot the index has: a lookup by source sees the same key.
+    let by_source = cache
+        .get(&ResolvedKeySource::File(path.clone()))
+        .await
+        .unwrap();
+    assert!(Arc::ptr_eq(&a, &by_source));
+
+    // A reload's recheck is seen through the handle too: the replaced file signs at once.
+    let tmp = dir.path().join("new.key");
+    let second = write_key(&tmp, KeyKind::Ed25519, 0o600);
+    std::fs::rename(&tmp, &path).unwrap();
+    cache.recheck_files();
+    let c = cache.get_by_handle(&handle, resolve).await.unwrap();
+    assert_eq!(c.public_key_base64(), &*second);
+    assert_eq!(resolved.get(), 2);
+}
+
+/// Inline data is fresh forever, so only the index's idle clock sends a handle's lookup back
+/// through the index: at least once per half the idle time, or moka would drop a slot in use.
+#[tokio::test(start_paused = true)]
+async fn a_slot_handle_goes_through_the_index_before_its_slot_could_idle_out() {
+    use super::cache::SlotHandle;
+    use std::cell::Cell;
+
+    let g = generate(KeyKind::Ed25519).unwrap();
+    let source = ResolvedKeySource::Data(KeyData::new(g.private_pem().as_bytes().to_vec()));
+    // ttl 60 s, serve_stale 1 h: a slot nobody looks up is dropped after 61 min.
+    let (cache, _) = cache_with(CACHE, None);
+    let handle = SlotHandle::default();
+    let resolved = Cell::new(0);
+    let resolve = || {
+        resolved.set(resolved.get() + 1);
+        source.clone()
+    };
+    cache.get_by_handle(&handle, resolve).await.unwrap();
+    // Every 10 minutes for 2 hours: looked up through the index once in every 30.5 minutes.
+    for _ in 0..12 {
+        tokio::time::advance(Duration::from_secs(600)).await;
+        cache.get_by_handle(&handle, resolve).await.unwrap();
+    }
+    assert_eq!(
+        resolved.get(),
+        1 + 3,
+        "through the index at 40, 80 and 120 minutes"
+    );
+}
+
+#[test]
+fn slot_handles_exist_for_every_number_below_the_count_and_no_other() {
+    use super::cache::SlotHandles;
+    use crate::config::KeyHandle;
+    let handles = SlotHandles::new(1000);
+    for n in [0, 255, 256, 999] {
+        assert!(handles.get(KeyHandle(n)).is_some(), "{n}");
+    }
+    let (a, b) = (handles.get(KeyHandle(7)), handles.get(KeyHandle(7)));
+    assert!(
+        std::ptr::eq(a.unwrap(), b.unwrap()),
+        "one handle per number"
+    );
+    assert!(!std::ptr::eq(
+        handles.get(KeyHandle(7)).unwrap(),
+        handles.get(KeyHandle(263)).unwrap()
+    ));
+    assert!(handles.get(KeyHandle(1000)).is_none());
+    assert!(SlotHandles::new(0).get(KeyHandle(0)).is_none());
+}

@@ -190,6 +190,8 @@ fn build(table: &SigningTable, selections: &Selections) -> Built {
             let template = SignerTemplate {
                 label: configured.label.clone(),
                 recipe: Arc::new(recipe),
+                // Another selector, so another key source than the configured entry's.
+                key_handle: None,
             };
             Some((label.clone(), Arc::new(template)))
         })
