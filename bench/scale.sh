@@ -13,7 +13,7 @@
 # key file per domain) it measures:
 #   - time from exec to the bound socket, and RSS once the startup key pass is done (with its
 #     anonymous and file-backed parts: the program's own pages count in RSS too);
-#   - RSS after one SIGHUP reloading the same file;
+#   - RSS after one SIGHUP reloading the same file, and once every domain's key is in the cache;
 #   - `check` on the RSA table (every key parsed);
 #   - msgs/s at 8 connections, 2 KiB, for one domain and for all domains at random once every
 #     domain has been signed once (the key cache warm), with the cache's hit ratio: --rounds
@@ -206,6 +206,10 @@ PY
         log "  signing every domain once (warm-up)"
         load "$socket" warm --messages "$DOMAINS" --from-domain 'd{n}.example' \
             --domains "$DOMAINS" --domain-order sequential >/dev/null
+        # Every key is now parsed and in the cache: the memory of a milter in full use.
+        rss_loaded=$(rss_mib "$PID")
+        row "$LABEL" "$name" "RSS with all $DOMAINS keys in the cache ${rss_loaded} MiB ($(rss_split "$PID"))"
+        log "  RSS with every key in the cache: $rss_loaded MiB ($(rss_split "$PID"))"
         # One domain and all domains at random, alternately, so that a change in the machine's
         # load during the run falls on both; the medians are compared.
         ones=() manys=() one_cpu=() many_cpu=() pairs=() hits=0 rev=0 miss=0
