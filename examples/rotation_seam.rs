@@ -58,7 +58,7 @@ fn main() {
         let selections: BTreeMap<SignatureLabel, String> = (0..domains)
             .map(|i| {
                 (
-                    SignatureLabel::Domain(format!("d{i}.example")),
+                    SignatureLabel::Domain(format!("d{i}.example").into()),
                     "s2".to_string(),
                 )
             })

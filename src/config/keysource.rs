@@ -300,15 +300,42 @@ impl KeySource {
 }
 
 impl ResolvedKeySource {
-    /// The backend's name, as in metrics.
-    pub fn backend(&self) -> &'static str {
+    /// The kind of store the key is read from.
+    pub fn backend(&self) -> Backend {
         match self {
-            ResolvedKeySource::File(_) => "file",
-            ResolvedKeySource::Data(_) => "data",
-            ResolvedKeySource::Vault(_) => "vault",
-            ResolvedKeySource::Event { .. } => "callback",
-            ResolvedKeySource::Transit(_) => "transit",
-            ResolvedKeySource::Pkcs11(_) => "pkcs11",
+            ResolvedKeySource::File(_) => Backend::File,
+            ResolvedKeySource::Data(_) => Backend::Data,
+            ResolvedKeySource::Vault(_) => Backend::Vault,
+            ResolvedKeySource::Event { .. } => Backend::Callback,
+            ResolvedKeySource::Transit(_) => Backend::Transit,
+            ResolvedKeySource::Pkcs11(_) => Backend::Pkcs11,
+        }
+    }
+}
+
+/// The kind of store a key source reads from: what the key cache needs to judge a key it holds
+/// (a file is `stat`ed, inline data never expires, the others are fetched again once per ttl),
+/// and the `backend` label of the key metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    File,
+    Data,
+    Vault,
+    Callback,
+    Transit,
+    Pkcs11,
+}
+
+impl Backend {
+    /// The name in metrics (`backend` label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::File => "file",
+            Backend::Data => "data",
+            Backend::Vault => "vault",
+            Backend::Callback => "callback",
+            Backend::Transit => "transit",
+            Backend::Pkcs11 => "pkcs11",
         }
     }
 }

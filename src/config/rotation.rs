@@ -446,7 +446,7 @@ pub(super) fn check_entries(
                 ),
             ));
         }
-        let label = SignatureLabel::Domain(text.clone());
+        let label = SignatureLabel::Domain(text.as_str().into());
         let template = table.entry(&label).ok_or_else(|| {
             at(
                 Some(name.span()),
@@ -463,7 +463,7 @@ pub(super) fn check_entries(
     }
     for name in signatures {
         let text = name.get_ref();
-        let label = SignatureLabel::Signature(text.clone());
+        let label = SignatureLabel::Signature(text.as_str().into());
         let template = table.entry(&label).ok_or_else(|| {
             at(
                 Some(name.span()),

@@ -149,8 +149,10 @@ impl Params {
 /// Which entry produced a signature, for logs and `check`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SignatureLabel {
-    Domain(String),
-    Signature(String),
+    // Boxed strings: 24 bytes with the tag instead of 32, which keeps a `SignerTemplate` in a
+    // 64-byte allocation (100,000 domains hold 100,000 of them).
+    Domain(Box<str>),
+    Signature(Box<str>),
 }
 
 impl SignatureLabel {
@@ -405,7 +407,7 @@ impl SigningTable {
                 DomainPattern::Wildcard(d) => self.wildcard.get(&d),
                 DomainPattern::CatchAll => self.catch_all.as_ref(),
             },
-            SignatureLabel::Signature(name) => self.signatures.get(name),
+            SignatureLabel::Signature(name) => self.signatures.get(&**name),
         }
     }
 }
@@ -493,7 +495,7 @@ pub(super) fn build(
         let params = sig.params().over(&base_params);
         let policy = sig.policy.or(base.policy).unwrap_or_default();
         let template = ctx.template(
-            SignatureLabel::Signature(name.clone()),
+            SignatureLabel::Signature(name.as_str().into()),
             domain,
             params,
             policy,
@@ -548,7 +550,7 @@ pub(super) fn build(
             DomainPattern::Mailbox { domain, .. } => table
                 .lookup(domain)
                 .and_then(|(parent, _)| match &parent.label {
-                    SignatureLabel::Domain(p) => merged.get(p.as_str()).cloned(),
+                    SignatureLabel::Domain(p) => merged.get(&**p).cloned(),
                     SignatureLabel::Signature(_) => None,
                 })
                 .unwrap_or_else(|| (base_params.clone(), Vec::new())),
@@ -557,7 +559,7 @@ pub(super) fn build(
         let params = entry.params().over(&inherited);
         let additional = own_additional.unwrap_or(inherited_additional);
         let mut template = ctx.template(
-            SignatureLabel::Domain(pattern.clone()),
+            SignatureLabel::Domain(pattern.as_str().into()),
             SigningDomain::Author,
             params.clone(),
             SignaturePolicy::Always,
@@ -877,3 +879,14 @@ fn signed_headers(
 #[cfg(test)]
 #[path = "signing_tests.rs"]
 mod tests;
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod size_tests {
+    /// Every `[domain]` entry holds one template: 40 bytes are a 64-byte allocation, 48 would
+    /// be an 80-byte one (1.6 MB more at 100,000 entries, measured).
+    #[test]
+    fn a_signer_template_stays_within_40_bytes() {
+        let size = std::mem::size_of::<super::SignerTemplate>();
+        assert!(size <= 40, "a signer template grew to {size} bytes");
+    }
+}

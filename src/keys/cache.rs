@@ -27,7 +27,7 @@
 
 use super::{Backends, Fetched, KeyError};
 use crate::config::CacheSettings;
-use crate::config::keysource::ResolvedKeySource;
+use crate::config::keysource::{Backend, ResolvedKeySource};
 use crate::keys::SigningKey;
 use crate::keys::file::FileStamp;
 use crate::metrics::{Lookup, Metrics};
@@ -51,36 +51,16 @@ struct Slot {
     state: Mutex<State>,
     /// Held while fetching, so that one fetch runs per source at a time.
     fetching: tokio::sync::Mutex<()>,
-    kind: SourceKind,
-    /// The backend's name, for metrics.
-    backend: &'static str,
-}
-
-/// What the cache needs to know of a source to judge a key it has from it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum SourceKind {
-    /// Revalidated by a `stat`, once per ttl and after a reload.
-    File,
-    /// Inline data: fresh forever.
-    Data,
-    /// Fetched again once per ttl.
-    Remote,
+    /// Where the key comes from: how it is judged fresh, and its name in metrics. One byte, so
+    /// that the slot stays small: a 100,000-key configuration has 100,000 of them.
+    backend: Backend,
 }
 
 impl Slot {
     fn for_source(source: &ResolvedKeySource) -> Slot {
-        let kind = match source {
-            ResolvedKeySource::File(_) => SourceKind::File,
-            ResolvedKeySource::Data(_) => SourceKind::Data,
-            ResolvedKeySource::Vault(_)
-            | ResolvedKeySource::Event { .. }
-            | ResolvedKeySource::Transit(_)
-            | ResolvedKeySource::Pkcs11(_) => SourceKind::Remote,
-        };
         Slot {
             state: Mutex::default(),
             fetching: tokio::sync::Mutex::default(),
-            kind,
             backend: source.backend(),
         }
     }
@@ -89,7 +69,8 @@ impl Slot {
 #[derive(Default)]
 struct State {
     good: Option<Good>,
-    failure: Option<(KeyError, Instant)>,
+    /// Boxed: failures are rare, and a `KeyError` is 88 bytes in every slot.
+    failure: Option<Box<(KeyError, Instant)>>,
     refreshing: bool,
     /// When the slot was last looked up through the cache's index (which keeps it from being
     /// dropped as idle).
@@ -239,7 +220,7 @@ impl KeyCache {
         if let Some(slot) = handle.slot()
             && let Some(key) = self.hit_without_index(&slot)
         {
-            self.metrics.key_lookup(slot.backend, Lookup::Hit);
+            self.metrics.key_lookup(slot.backend.name(), Lookup::Hit);
             return Ok(key);
         }
         let source = resolve();
@@ -260,7 +241,7 @@ impl KeyCache {
         slot: Arc<Slot>,
         source: &ResolvedKeySource,
     ) -> Result<Arc<SigningKey>, KeyError> {
-        let backend = slot.backend;
+        let backend = slot.backend.name();
         match self.decide(&slot) {
             Decision::Hit(key) => {
                 self.metrics.key_lookup(backend, Lookup::Hit);
@@ -300,10 +281,10 @@ impl KeyCache {
 
     /// Whether `good` may be served without asking its backend.
     fn is_fresh(&self, slot: &Slot, good: &Good, now: Instant) -> bool {
-        let Some(fresh_for) = self.freshness(slot.kind) else {
+        let Some(fresh_for) = self.freshness(slot.backend) else {
             return true;
         };
-        let recheck = slot.kind == SourceKind::File
+        let recheck = slot.backend == Backend::File
             && good.generation != self.file_generation.load(Ordering::Relaxed);
         now.duration_since(good.confirmed) < fresh_for && !recheck
     }
@@ -316,13 +297,13 @@ impl KeyCache {
         let recent_failure = state
             .failure
             .as_ref()
-            .filter(|(_, at)| now.duration_since(*at) < self.settings.negative_ttl)
-            .map(|(error, _)| error.clone());
+            .filter(|failure| now.duration_since(failure.1) < self.settings.negative_ttl)
+            .map(|failure| failure.0.clone());
         if let Some(good) = &state.good {
             if self.is_fresh(slot, good, now) {
                 return Decision::Hit(good.key.clone());
             }
-            let usable = self.freshness(slot.kind).is_some_and(|fresh_for| {
+            let usable = self.freshness(slot.backend).is_some_and(|fresh_for| {
                 now.duration_since(good.confirmed) < fresh_for + self.settings.serve_stale
             });
             let key = good.key.clone();
@@ -334,7 +315,7 @@ impl KeyCache {
             }
             // A file is revalidated by a `stat` while the message waits: it costs microseconds,
             // once per ttl.
-            if usable && slot.kind != SourceKind::File {
+            if usable && slot.backend != Backend::File {
                 let refresh = !std::mem::replace(&mut state.refreshing, true);
                 return Decision::Stale { key, refresh };
             }
@@ -345,13 +326,13 @@ impl KeyCache {
         }
     }
 
-    /// How long a key from a source of `kind` is used without asking its backend again;
+    /// How long a key read from `backend` is used before it is asked for again;
     /// `None`: forever. (A Transit or PKCS#11 key is a handle and a public key: re-read every
     /// ttl too, so that a new Transit version or a replaced token key is picked up.)
-    fn freshness(&self, kind: SourceKind) -> Option<Duration> {
-        match kind {
-            SourceKind::Data => None,
-            SourceKind::File | SourceKind::Remote => Some(self.settings.ttl),
+    fn freshness(&self, backend: Backend) -> Option<Duration> {
+        match backend {
+            Backend::Data => None,
+            _ => Some(self.settings.ttl),
         }
     }
 
@@ -412,7 +393,7 @@ impl KeyCache {
         let started = Instant::now();
         let result = self.backends.fetch(source, previous.as_ref()).await;
         self.metrics.key_fetch(
-            source.backend(),
+            source.backend().name(),
             started.elapsed().as_secs_f64(),
             result.is_ok(),
         );
@@ -449,7 +430,7 @@ impl KeyCache {
                     ),
                     None => tracing::warn!(source = %source, error = %error, "key fetch failed"),
                 }
-                state.failure = Some((error.clone(), now));
+                state.failure = Some(Box::new((error.clone(), now)));
                 Err(error)
             }
         }
@@ -459,7 +440,7 @@ impl KeyCache {
     fn stale_key(&self, slot: &Slot) -> Option<Arc<SigningKey>> {
         let state = lock(&slot.state);
         let good = state.good.as_ref()?;
-        let window = self.freshness(slot.kind)? + self.settings.serve_stale;
+        let window = self.freshness(slot.backend)? + self.settings.serve_stale;
         (good.confirmed.elapsed() < window).then(|| good.key.clone())
     }
 }
@@ -472,4 +453,15 @@ fn idle_time(settings: &CacheSettings) -> Duration {
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     // Every update of a State is a few field writes that cannot panic half-way.
     state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod size_tests {
+    /// A configuration with 100,000 key files has 100,000 slots after its warm-up pass: a few
+    /// bytes more per slot is a few hundred KiB more in every such milter.
+    #[test]
+    fn a_slot_stays_within_168_bytes() {
+        let size = std::mem::size_of::<super::Slot>();
+        assert!(size <= 168, "a cache slot grew to {size} bytes");
+    }
 }

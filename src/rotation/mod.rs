@@ -223,11 +223,11 @@ fn slots_of(settings: &RotationSettings, table: &SigningTable) -> Vec<Slot> {
     let domains = settings
         .domains
         .iter()
-        .map(|d| SignatureLabel::Domain(d.clone()));
+        .map(|d| SignatureLabel::Domain(d.as_str().into()));
     let signatures = settings
         .signatures
         .iter()
-        .map(|s| SignatureLabel::Signature(s.clone()));
+        .map(|s| SignatureLabel::Signature(s.as_str().into()));
     domains
         .chain(signatures)
         .filter_map(|label| {

@@ -294,9 +294,13 @@ pub(crate) fn parse_label(entry: &str) -> SignatureLabel {
             .map(str::to_string)
     };
     if let Some(name) = inner("[signature.\"") {
-        SignatureLabel::Signature(name)
+        SignatureLabel::Signature(name.into())
     } else {
-        SignatureLabel::Domain(inner("[domain.\"").unwrap_or_else(|| entry.to_string()))
+        SignatureLabel::Domain(
+            inner("[domain.\"")
+                .unwrap_or_else(|| entry.to_string())
+                .into(),
+        )
     }
 }
 
