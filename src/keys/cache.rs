@@ -70,7 +70,7 @@ impl Slot {
 struct State {
     good: Option<Good>,
     /// Boxed: failures are rare, and a `KeyError` is 88 bytes in every slot.
-    failure: Option<Box<(KeyError, Instant)>>,
+    failure: Option<Box<Failure>>,
     refreshing: bool,
     /// When the slot was last looked up through the cache's index (which keeps it from being
     /// dropped as idle).
@@ -125,6 +125,12 @@ impl SlotHandles {
         });
         chunk.get(index % HANDLES_PER_CHUNK)
     }
+}
+
+/// The last fetch that failed, remembered for `negative_ttl`.
+struct Failure {
+    error: KeyError,
+    at: Instant,
 }
 
 struct Good {
@@ -297,8 +303,8 @@ impl KeyCache {
         let recent_failure = state
             .failure
             .as_ref()
-            .filter(|failure| now.duration_since(failure.1) < self.settings.negative_ttl)
-            .map(|failure| failure.0.clone());
+            .filter(|failure| now.duration_since(failure.at) < self.settings.negative_ttl)
+            .map(|failure| failure.error.clone());
         if let Some(good) = &state.good {
             if self.is_fresh(slot, good, now) {
                 return Decision::Hit(good.key.clone());
@@ -332,7 +338,11 @@ impl KeyCache {
     fn freshness(&self, backend: Backend) -> Option<Duration> {
         match backend {
             Backend::Data => None,
-            _ => Some(self.settings.ttl),
+            Backend::File
+            | Backend::Vault
+            | Backend::Callback
+            | Backend::Transit
+            | Backend::Pkcs11 => Some(self.settings.ttl),
         }
     }
 
@@ -430,7 +440,10 @@ impl KeyCache {
                     ),
                     None => tracing::warn!(source = %source, error = %error, "key fetch failed"),
                 }
-                state.failure = Some(Box::new((error.clone(), now)));
+                state.failure = Some(Box::new(Failure {
+                    error: error.clone(),
+                    at: now,
+                }));
                 Err(error)
             }
         }
